@@ -1,0 +1,251 @@
+"""The `ember` command line: parses options, calls the job functions, reports errors in one line."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from ember.errors import EmberInputError
+
+app = typer.Typer(
+    help="Ember: regularised-likelihood cryo-EM reconstruction (RELION-compatible files).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]ember: error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def handles_errors(func):
+    """Turn EmberInputError (and a few stdlib input errors) into one line and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+        try:
+            return func(*args, **kwargs)
+        except EmberInputError as exc:
+            _fail(str(exc))
+        except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+            _fail(f"{exc.filename}: {exc.strerror}")
+
+    return wrapper
+
+
+@contextmanager
+def progress_bar(description: str, quiet: bool = False):
+    """Yield a `progress(done, total)` callback drawing a rich bar (or nothing when quiet)."""
+    if quiet:
+        yield None
+        return
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(description, total=None, rate="")
+
+        def update(done: int, total: int) -> None:
+            elapsed = bar.tasks[task].elapsed or 0.0
+            rate = f"{done / elapsed:,.0f} particles/s" if elapsed > 0 else ""
+            bar.update(task, completed=done, total=total, rate=rate)
+
+        yield update
+
+
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+Seed = Annotated[int, typer.Option(help="Random seed (results are reproducible under it).")]
+Device = Annotated[str, typer.Option(help="Compute device: cpu, or cuda / cuda:K.")]
+Threads = Annotated[Optional[int], typer.Option("--j", help="CPU threads for torch.")]
+
+
+@app.command()
+@handles_errors
+def simulate(
+    output: Annotated[Path, typer.Option("--o", help="Output folder.")],
+    n: Annotated[int, typer.Option("--n", help="Number of particles.")],
+    map_path: Annotated[
+        Optional[Path], typer.Option("--map", help="Ground-truth MRC map (pixel size from its header).")
+    ] = None,
+    model: Annotated[
+        Optional[Path], typer.Option("--model", help="Atomic model (PDB/mmCIF, .gz ok) → density with gemmi.")
+    ] = None,
+    chains: Annotated[
+        Optional[str], typer.Option(help="Comma-separated chains of --model to keep (default: assembly 1).")
+    ] = None,
+    box: Annotated[
+        Optional[int], typer.Option(help="Box size in pixels (even; needed with --model).")
+    ] = None,
+    angpix: Annotated[Optional[float], typer.Option(help="Pixel size in Å (needed with --model).")] = None,
+    snr: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Signal-to-noise ratio (signal variance / noise variance over the box); omit for noise-free."
+        ),
+    ] = None,
+    defocus: Annotated[
+        tuple[float, float], typer.Option(help="Defocus range MIN MAX in µm (underfocus positive).")
+    ] = (1.0, 3.0),
+    astigmatism: Annotated[float, typer.Option(help="Largest |DefocusU − DefocusV| in Å.")] = 200.0,
+    max_offset: Annotated[
+        float, typer.Option(help="Largest |offset| per axis in pixels (uniform, sub-pixel).")
+    ] = 3.0,
+    voltage: Annotated[float, typer.Option(help="Acceleration voltage in kV.")] = 300.0,
+    cs: Annotated[float, typer.Option(help="Spherical aberration in mm.")] = 2.7,
+    q0: Annotated[float, typer.Option(help="Amplitude contrast (fraction).")] = 0.1,
+    no_ctf: Annotated[bool, typer.Option("--no-ctf", help="Do not apply a CTF.")] = False,
+    angles_from: Annotated[
+        Optional[Path], typer.Option(help="Take orientations from this STAR instead of uniform random.")
+    ] = None,
+    bfactor_floor: Annotated[
+        float, typer.Option(help="Raise atomic B-factors to at least this (Å²).")
+    ] = 20.0,
+    seed: Seed = 0,
+    quiet: Quiet = False,
+) -> None:
+    """Simulate particles: X = shift(CTF · projection, −offset) + white noise.
+
+    Writes particles.mrcs, a RELION 3.1 particles.star holding the true angles, offsets and CTF,
+    truth.mrc (on the images' scale) and job.json.
+
+    Example: ember simulate --model 6msm.pdb.gz --box 128 --angpix 1.5 --n 5000 --snr 0.05 --o sim/
+    """
+    from ember.jobs.simulate import SimulateConfig
+    from ember.jobs.simulate import simulate as run
+
+    cfg = SimulateConfig(
+        output=output,
+        n_particles=n,
+        map_path=map_path,
+        model_path=model,
+        chains=tuple(chains.split(",")) if chains else None,
+        box=box,
+        pixel_size=angpix,
+        snr=snr,
+        defocus_min_um=defocus[0],
+        defocus_max_um=defocus[1],
+        astigmatism_angstrom=astigmatism,
+        max_offset_px=max_offset,
+        voltage_kv=voltage,
+        cs_mm=cs,
+        amplitude_contrast=q0,
+        ctf=not no_ctf,
+        angles_from=angles_from,
+        bfactor_floor=bfactor_floor,
+        seed=seed,
+    )
+    with progress_bar("simulating", quiet) as bar:
+        star = run(cfg, bar)
+    console.print(f"wrote {star}")
+
+
+@app.command()
+@handles_errors
+def reconstruct(
+    star: Annotated[Path, typer.Option("--i", help="Particle STAR file (RELION 3.0 or 3.1+).")],
+    output: Annotated[Path, typer.Option("--o", help="Output map (.mrc).")],
+    sym: Annotated[str, typer.Option("--sym", help="Point group: C1, Cn, Dn, T, O, I (RELION axes).")] = "C1",
+    subset: Annotated[Optional[int], typer.Option(help="Use only rlnRandomSubset = 1 or 2.")] = None,
+    maxres: Annotated[Optional[float], typer.Option(help="Highest resolution used, in Å.")] = None,
+    no_ctf: Annotated[bool, typer.Option("--no-ctf", help="Ignore the CTF columns.")] = False,
+    wiener: Annotated[
+        bool,
+        typer.Option(
+            "--wiener", help="Gold-standard Wiener filter: τ² from the FSC of the two rlnRandomSubset halves."
+        ),
+    ] = False,
+    tau2_fudge: Annotated[float, typer.Option(help="Regularisation parameter T (with --wiener).")] = 1.0,
+    pad: Annotated[int, typer.Option(help="Fourier padding factor.")] = 2,
+    device: Device = "cpu",
+    threads: Threads = None,
+    quiet: Quiet = False,
+) -> None:
+    """Reconstruct a map from particles with known orientations (like relion_reconstruct).
+
+    Uses rlnAngleRot/Tilt/Psi (degrees), rlnOriginX/YAngst and the CTF columns.
+
+    Example: ember reconstruct --i sim/particles.star --o rec.mrc --sym D7 --j 2
+    """
+    from ember.jobs.reconstruct import ReconstructConfig
+    from ember.jobs.reconstruct import reconstruct as run
+
+    cfg = ReconstructConfig(
+        star=star,
+        output=output,
+        symmetry=sym,
+        subset=subset,
+        maxres_angstrom=maxres,
+        ctf=not no_ctf,
+        wiener=wiener,
+        tau2_fudge=tau2_fudge,
+        pad=pad,
+        device=device,
+        threads=threads,
+    )
+    with progress_bar("back-projecting", quiet) as bar:
+        run(cfg, bar)
+    console.print(f"wrote {output}")
+
+
+@app.command()
+@handles_errors
+def fsc(
+    map1: Annotated[Path, typer.Argument(help="First map (.mrc).")],
+    map2: Annotated[Path, typer.Argument(help="Second map (.mrc).")],
+    output: Annotated[Optional[Path], typer.Option("--o", help="Folder for fsc.star and fsc.png.")] = None,
+) -> None:
+    """Fourier shell correlation of two maps; prints the resolution (Å) at FSC 0.5 and 0.143.
+
+    Example: ember fsc half1.mrc half2.mrc --o fsc/
+    """
+    from ember.jobs.fsc import fsc_job
+
+    result = fsc_job(map1, map2, output)
+    typer.echo(f"FSC 0.5:   {result.resolution_05:.2f} Å")
+    typer.echo(f"FSC 0.143: {result.resolution_0143:.2f} Å")
+
+
+@app.command()
+@handles_errors
+def demo(
+    output: Annotated[Path, typer.Option("--o", help="Output folder.")] = Path("ember_demo"),
+    n: Annotated[int, typer.Option("--n", help="Number of particles.")] = 3000,
+    snr: Annotated[float, typer.Option(help="Signal-to-noise ratio.")] = 0.1,
+    seed: Seed = 0,
+    device: Device = "cpu",
+    quiet: Quiet = False,
+) -> None:
+    """Simulate 1AKE particles (bundled), reconstruct them and report the FSC against the truth.
+
+    Example: ember demo --o ember_demo
+    """
+    from ember.jobs.demo import DemoConfig
+    from ember.jobs.demo import demo as run
+
+    with progress_bar("demo", quiet) as bar:
+        result = run(DemoConfig(output=output, n_particles=n, snr=snr, seed=seed, device=device), bar)
+    typer.echo(
+        f"FSC against ground truth: 0.5 at {result.resolution_05:.2f} Å, "
+        f"0.143 at {result.resolution_0143:.2f} Å (Nyquist {2 * result.pixel_size:.2f} Å)"
+    )
+    typer.echo(f"plot: {output / 'fsc_vs_truth.png'}")
+
+
+def main() -> None:
+    app()

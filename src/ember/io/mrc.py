@@ -1,0 +1,91 @@
+"""MRC/MRCS maps and stacks through `mrcfile`.
+
+Arrays are (z, y, x) float32 in C order (x fastest), as RELION writes them; the pixel size in Å
+comes from the header voxel size.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+
+from ember.errors import EmberInputError
+from ember.io.atomic import atomic_path
+
+
+def _open_error(path: Path, exc: Exception) -> EmberInputError:
+    if not path.exists():
+        return EmberInputError(path, "file not found", "check the path")
+    return EmberInputError(
+        path, f"not a readable MRC file ({exc})", "re-export it or check it is not truncated"
+    )
+
+
+def read_map(path: str | Path) -> tuple[np.ndarray, float]:
+    """Read a 3D map. Returns (volume (N, N, N) float32, pixel size Å)."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with mrcfile.open(path, permissive=False) as mrc:
+                data = np.asarray(mrc.data, dtype=np.float32).copy()
+                pixel = float(mrc.voxel_size.x)
+    except (ValueError, OSError, EOFError) as exc:
+        raise _open_error(path, exc) from None
+    if data.ndim != 3 or len(set(data.shape)) != 1:
+        raise EmberInputError(path, f"expected a cubic 3D map, got shape {data.shape}", "")
+    if data.shape[0] % 2:
+        raise EmberInputError(path, f"box {data.shape[0]} is odd", "resample to an even box")
+    if not np.isfinite(data).all():
+        raise EmberInputError(path, "map holds NaN or infinite values", "fix or regenerate it")
+    return data, pixel
+
+
+def write_map(path: str | Path, volume: np.ndarray, pixel_size: float) -> None:
+    """Write a float32 map (or stack) atomically with the voxel size in Å in the header."""
+    with atomic_path(path) as tmp:
+        with mrcfile.new(tmp, overwrite=True) as mrc:
+            mrc.set_data(np.ascontiguousarray(volume, dtype=np.float32))
+            mrc.voxel_size = pixel_size
+            if volume.ndim == 3 and Path(path).suffix == ".mrcs":
+                mrc.set_image_stack()
+
+
+class StackWriter:
+    """Write a large .mrcs stack a batch at a time through a memory map, then rename atomically."""
+
+    def __init__(self, path: str | Path, n: int, box: int, pixel_size: float) -> None:
+        self._ctx = atomic_path(path)
+        tmp = self._ctx.__enter__()
+        self._mrc = mrcfile.new_mmap(tmp, shape=(n, box, box), mrc_mode=2, overwrite=True)
+        self._mrc.set_image_stack()
+        self._mrc.voxel_size = pixel_size
+
+    def write(self, start: int, images: np.ndarray) -> None:
+        """Store images (B, N, N) at slices start … start+B−1 (0-based)."""
+        self._mrc.data[start : start + len(images)] = images
+
+    def close(self, ok: bool = True) -> None:
+        self._mrc.close()
+        if ok:
+            self._ctx.__exit__(None, None, None)
+        else:
+            self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+
+def open_stack(path: str | Path) -> mrcfile.mrcmemmap.MrcMemmap:
+    """Open an image stack memory-mapped for reading; data shape (n, N, N)."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mrc = mrcfile.mmap(path, mode="r", permissive=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise _open_error(path, exc) from None
+    if mrc.data is None:
+        mrc.close()
+        raise EmberInputError(path, "MRC file has no data block", "re-export it")
+    return mrc

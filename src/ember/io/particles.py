@@ -1,0 +1,194 @@
+"""A particle data set: a RELION STAR table plus its image stacks, read lazily a batch at a time.
+
+Images are (B, N, N) float32 in real space, origin at pixel N/2 (RELION convention).
+Stacks are memory-mapped, so memory is bounded by the batch, not by the number of particles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ember.errors import EmberInputError
+from ember.io.mrc import open_stack
+from ember.io.star import ParticleTable, read_particles_star
+
+REQUIRED_OPTICS = ("rlnOpticsGroup", "rlnImagePixelSize", "rlnImageSize")
+CTF_COLUMNS = ("rlnDefocusU", "rlnDefocusV")
+
+
+def parse_image_name(name: str) -> tuple[int, str]:
+    """`"000123@stack.mrcs"` → (122, "stack.mrcs"): 0-based slice, stack path."""
+    if "@" not in name:
+        return 0, name
+    index, path = name.split("@", 1)
+    return int(index) - 1, path
+
+
+@dataclass(frozen=True)
+class Optics:
+    """One optics group: pixel size (Å), box (px), voltage (kV), Cs (mm), amplitude contrast."""
+
+    pixel_size: float
+    box: int
+    voltage_kv: float
+    cs_mm: float
+    amplitude_contrast: float
+    ctf_premultiplied: bool = False
+
+
+class ParticleDataSet:
+    """STAR table + lazily opened stacks. Indices are 0-based rows of the particle table."""
+
+    def __init__(self, table: ParticleTable, star_path: str | Path) -> None:
+        self.table = table
+        self.star_path = Path(star_path)
+        self._check_columns()
+        self.optics = self._read_optics()
+        self.pixel_size = self.optics.pixel_size
+        self.box = self.optics.box
+        names = table.particles["rlnImageName"].astype(str).map(parse_image_name)
+        self._slices = np.array([n[0] for n in names], dtype=np.int64)
+        self._stack_of = [n[1] for n in names]
+        self._stacks: dict[str, object] = {}
+        for stack in dict.fromkeys(self._stack_of):
+            self._open(stack)
+
+    @classmethod
+    def from_star(cls, path: str | Path) -> ParticleDataSet:
+        return cls(read_particles_star(path), path)
+
+    def __len__(self) -> int:
+        return len(self.table.particles)
+
+    @property
+    def has_ctf(self) -> bool:
+        return all(c in self.table.particles for c in CTF_COLUMNS)
+
+    def _check_columns(self) -> None:
+        if "rlnImageName" not in self.table.particles:
+            raise EmberInputError(
+                self.star_path,
+                "particle table has no rlnImageName column",
+                "add rlnImageName (slice@stack.mrcs) for every particle",
+            )
+        missing = [c for c in REQUIRED_OPTICS if c not in self.table.optics]
+        if missing:
+            raise EmberInputError(
+                self.star_path, f"data_optics lacks {', '.join(missing)}", "add the columns"
+            )
+
+    def _read_optics(self) -> Optics:
+        optics = self.table.optics
+        used = set(self.table.particles["rlnOpticsGroup"].astype(int))
+        rows = optics[optics["rlnOpticsGroup"].astype(int).isin(used)]
+        if len(rows) != len(used):
+            raise EmberInputError(
+                self.star_path,
+                "particles refer to optics groups missing from data_optics",
+                "add the groups to data_optics",
+            )
+        pixels = rows["rlnImagePixelSize"].astype(float).round(5).unique()
+        boxes = rows["rlnImageSize"].astype(int).unique()
+        if len(pixels) > 1 or len(boxes) > 1:
+            raise EmberInputError(
+                self.star_path,
+                "optics groups with different pixel or box sizes",
+                "rescale the particles to one pixel size and box",
+            )
+        box = int(boxes[0])
+        if box % 2:
+            raise EmberInputError(self.star_path, f"box {box} is odd", "re-extract with an even box")
+        row = rows.iloc[0]
+        premult = bool(int(row.get("rlnCtfDataAreCtfPremultiplied", 0)))
+        return Optics(
+            pixel_size=float(pixels[0]),
+            box=box,
+            voltage_kv=float(row.get("rlnVoltage", 300.0)),
+            cs_mm=float(row.get("rlnSphericalAberration", 2.7)),
+            amplitude_contrast=float(row.get("rlnAmplitudeContrast", 0.1)),
+            ctf_premultiplied=premult,
+        )
+
+    def _resolve(self, stack: str) -> Path:
+        candidates = [self.star_path.parent / stack, Path(stack)]
+        for path in candidates:
+            if path.exists():
+                return path
+        raise EmberInputError(
+            candidates[0],
+            f"image stack named in {self.star_path} not found",
+            "run from the RELION project folder or fix rlnImageName",
+        )
+
+    def _open(self, stack: str) -> None:
+        path = self._resolve(stack)
+        mrc = open_stack(path)
+        shape = mrc.data.shape
+        ny, nx = shape[-2:]
+        if (ny, nx) != (self.box, self.box):
+            mrc.close()
+            raise EmberInputError(
+                path,
+                f"images are {nx}×{ny} px but the optics group says {self.box}",
+                "fix rlnImageSize in data_optics or re-extract",
+            )
+        pixel = float(mrc.voxel_size.x)
+        if pixel > 0 and abs(pixel - self.pixel_size) > 1e-3 * self.pixel_size:
+            mrc.close()
+            raise EmberInputError(
+                path,
+                f"header pixel size {pixel:.4f} Å disagrees with the STAR's {self.pixel_size:.4f} Å",
+                "fix rlnImagePixelSize or the stack header",
+            )
+        n = 1 if len(shape) == 2 else shape[0]
+        used = self._slices[[s == stack for s in self._stack_of]]
+        if used.max() >= n or used.min() < 0:
+            mrc.close()
+            raise EmberInputError(
+                path,
+                f"STAR refers to slice {used.max() + 1} but the stack has {n}",
+                "fix rlnImageName or the stack",
+            )
+        self._stacks[stack] = mrc
+
+    def images(self, indices: np.ndarray) -> np.ndarray:
+        """Read particles `indices` → (B, N, N) float32. Raises on NaN/inf pixels."""
+        out = np.empty((len(indices), self.box, self.box), dtype=np.float32)
+        for b, i in enumerate(indices):
+            data = self._stacks[self._stack_of[i]].data
+            out[b] = data[self._slices[i]] if data.ndim == 3 else data
+        if not np.isfinite(out).all():
+            bad = int(indices[np.flatnonzero(~np.isfinite(out).all(axis=(1, 2)))[0]])
+            raise EmberInputError(
+                self._resolve(self._stack_of[bad]),
+                f"particle {self._slices[bad] + 1} holds NaN or infinite pixels",
+                "re-extract or remove it from the STAR",
+            )
+        return out
+
+    def column(self, name: str, default: float | None = None) -> np.ndarray:
+        """A numeric particle column as float64, or `default` everywhere if absent."""
+        df = self.table.particles
+        if name in df:
+            return df[name].to_numpy(dtype=np.float64)
+        if default is None:
+            raise EmberInputError(self.star_path, f"particle table has no {name} column", "add it")
+        return np.full(len(df), default, dtype=np.float64)
+
+    def angles_deg(self) -> np.ndarray:
+        """(n, 3) RELION (rot, tilt, psi) in degrees."""
+        return np.stack([self.column(f"rlnAngle{a}") for a in ("Rot", "Tilt", "Psi")], axis=1)
+
+    def offsets_px(self) -> np.ndarray:
+        """(n, 2) rlnOriginX/YAngst converted to pixels."""
+        return (
+            np.stack([self.column(f"rlnOrigin{a}Angst", 0.0) for a in ("X", "Y")], axis=1) / self.pixel_size
+        )
+
+    def close(self) -> None:
+        for mrc in self._stacks.values():
+            mrc.close()
+        self._stacks.clear()

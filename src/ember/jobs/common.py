@@ -1,0 +1,64 @@
+"""What every job shares: job.json, the device, threads and progress callbacks."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import torch
+
+from ember.errors import EmberInputError
+from ember.io.atomic import atomic_path
+
+Progress = Callable[[int, int], None]
+"""progress(done, total): called after each batch; the CLI draws a bar from it."""
+
+
+def ember_version() -> str:
+    try:
+        return version("ember-em")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def write_job_json(folder: Path, job: str, config: object) -> None:
+    """Record the exact command, settings, Ember version and time beside the results."""
+    record = {
+        "job": job,
+        "ember_version": ember_version(),
+        "command": sys.argv,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "settings": {k: _plain(v) for k, v in dataclasses.asdict(config).items()},
+    }
+    with atomic_path(folder / "job.json") as tmp:
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _plain(v: object) -> object:
+    if isinstance(v, Path):
+        return str(v)
+    if isinstance(v, tuple):
+        return list(v)
+    return v
+
+
+def select_device(name: str, threads: int | None = None) -> torch.device:
+    """`cpu` or `cuda[:k]` → torch.device; errors clearly when CUDA is absent."""
+    if threads:
+        torch.set_num_threads(threads)
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise EmberInputError(None, "--device cuda asked but no CUDA device is available", "use --device cpu")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise EmberInputError(None, f"unknown device '{name}'", "use cpu or cuda")
+    return torch.device(name)
+
+
+def batches(n: int, size: int):
+    """Yield index arrays [start, stop) covering range(n) in order."""
+    for start in range(0, n, size):
+        yield start, min(n, start + size)

@@ -1,0 +1,157 @@
+"""`ember reconstruct`: 3D reconstruction of particles with known orientations (as
+`relion_reconstruct`): CTF-weighted back-projection, then V = Σ C·X / (Σ C² + regulariser).
+
+Without `--wiener` the regulariser is RELION's floor only (1/1000 of the shell-average weight).
+With `--wiener` the two random halves (rlnRandomSubset) are reconstructed separately, their FSC
+gives τ² = SSNR·σ²_ref (as in auto-refine), and the final map of all particles is the 3D Wiener
+filter with the full-set SSNR from √(2·FSC/(1+FSC)).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ember.errors import EmberInputError
+from ember.io.mrc import write_map
+from ember.io.particles import ParticleDataSet
+from ember.jobs.common import Progress, batches, select_device
+from ember.maths.fourier import fft2_centered, shell_of_resolution, shift_phases_2d
+from ember.maths.fsc import fsc
+from ember.maths.rotations import euler_to_matrix
+from ember.maths.symmetry import symmetry_operators
+from ember.operators.ctf import particle_ctfs
+from ember.operators.reconstructor import Reconstructor, tau2_from_fsc
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReconstructConfig:
+    star: Path
+    output: Path
+    symmetry: str = "C1"
+    subset: int | None = None
+    maxres_angstrom: float | None = None
+    ctf: bool = True
+    wiener: bool = False
+    tau2_fudge: float = 1.0
+    pad: int = 2
+    batch_size: int = 128
+    device: str = "cpu"
+    threads: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.subset not in (None, 1, 2):
+            raise EmberInputError(None, f"--subset must be 1 or 2 (got {self.subset})", "")
+        if self.wiener and self.subset is not None:
+            raise EmberInputError(None, "--wiener uses both halves", "drop --subset or --wiener")
+
+
+def select_particles(dataset: ParticleDataSet, subset: int | None) -> np.ndarray:
+    """Row indices of the particles to use (all, or one rlnRandomSubset half)."""
+    if subset is None:
+        return np.arange(len(dataset))
+    halves = dataset.column("rlnRandomSubset", 0).astype(int)
+    if not np.isin(halves, (1, 2)).all():
+        raise EmberInputError(
+            dataset.star_path,
+            "--subset needs rlnRandomSubset = 1 or 2 on every particle",
+            "add the column (ember refine3d writes it) or drop --subset",
+        )
+    return np.flatnonzero(halves == subset)
+
+
+def backproject(
+    dataset: ParticleDataSet,
+    indices: np.ndarray,
+    reconstructor: Reconstructor,
+    *,
+    ctf: bool = True,
+    batch_size: int = 128,
+    progress: Progress | None = None,
+    done_before: int = 0,
+    total: int | None = None,
+) -> None:
+    """Insert particles `indices` at their STAR poses: data += C·shift(X, +t), weight += C²."""
+    device = reconstructor.device
+    angles = dataset.angles_deg()
+    offsets = dataset.offsets_px()
+    use_ctf = ctf and dataset.has_ctf
+    total = len(indices) if total is None else total
+    for start, stop in batches(len(indices), batch_size):
+        idx = indices[start:stop]
+        images = torch.from_numpy(dataset.images(idx)).to(device)
+        spectra = fft2_centered(images)  # (B, N, N//2+1)
+        t = torch.from_numpy(offsets[idx]).to(device)
+        spectra = spectra * shift_phases_2d(dataset.box, t).to(spectra.dtype)
+        rot = euler_to_matrix(torch.from_numpy(angles[idx])).to(device)
+        if use_ctf:
+            c = particle_ctfs(dataset, idx, device=device)
+            data = spectra if dataset.optics.ctf_premultiplied else spectra * c
+            reconstructor.insert(data, c * c, rot)
+        else:
+            reconstructor.insert(spectra, torch.ones_like(spectra.real), rot)
+        if progress:
+            progress(done_before + stop, total)
+
+
+def reconstruct(cfg: ReconstructConfig, progress: Progress | None = None) -> np.ndarray:
+    """Run the job; writes cfg.output (MRC) atomically and returns the map (N, N, N)."""
+    device = select_device(cfg.device, cfg.threads)
+    dataset = ParticleDataSet.from_star(cfg.star)
+    try:
+        ops = symmetry_operators(cfg.symmetry)
+        box, pixel = dataset.box, dataset.pixel_size
+        r_max = None
+        if cfg.maxres_angstrom is not None:
+            if cfg.maxres_angstrom < 2 * pixel:
+                raise EmberInputError(
+                    None, f"--maxres {cfg.maxres_angstrom} Å is beyond Nyquist ({2 * pixel:.2f} Å)", ""
+                )
+            r_max = shell_of_resolution(cfg.maxres_angstrom, box, pixel)
+        make = lambda: Reconstructor(box, pad=cfg.pad, r_max=r_max, device=device)  # noqa: E731
+        if cfg.wiener:
+            volume = _wiener(dataset, cfg, make, ops, progress)
+        else:
+            indices = select_particles(dataset, cfg.subset)
+            rec = make()
+            backproject(dataset, indices, rec, ctf=cfg.ctf, batch_size=cfg.batch_size, progress=progress)
+            volume = rec.reconstruct(symmetry=ops).cpu().numpy()
+    finally:
+        dataset.close()
+    write_map(cfg.output, volume, pixel)
+    logger.info("wrote %s (%d particles, box %d, %.3f Å/px)", cfg.output, len(dataset), box, pixel)
+    return volume
+
+
+def _wiener(dataset, cfg: ReconstructConfig, make, ops, progress) -> np.ndarray:
+    halves = [make(), make()]
+    total = len(dataset)
+    done = 0
+    for h, rec in zip((1, 2), halves, strict=True):
+        idx = select_particles(dataset, h)
+        backproject(
+            dataset,
+            idx,
+            rec,
+            ctf=cfg.ctf,
+            batch_size=cfg.batch_size,
+            progress=progress,
+            done_before=done,
+            total=total,
+        )
+        done += len(idx)
+    full = make()
+    for rec in halves:
+        full.add(rec)
+    maps = [rec.reconstruct(symmetry=ops) for rec in halves]
+    curve = fsc(maps[0].double(), maps[1].double())
+    full.prepare(ops)
+    tau2 = tau2_from_fsc(curve, full.sigma2_ref(), tau2_fudge=cfg.tau2_fudge, joined=True)
+    return full.reconstruct(tau2=tau2, tau2_fudge=cfg.tau2_fudge).cpu().numpy()

@@ -1,0 +1,81 @@
+"""Fourier-slice projector: central sections of a padded 3D transform (RELION `Projector`).
+
+Values are on the 2D-image scale: the central section at rotation A equals
+`fft2_centered` of the pixel-sum projection P(x, y) = Σ_z V(Aᵀ(x, y, z)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ember.maths.fourier import fft3_centered, rfft_frequencies_2d
+from ember.operators.interpolation import gather, half_to_centred
+from ember.operators.masks import radius_grid
+
+
+def gridding_kernel(box: int, pad: int, *, device=None, dtype=torch.float64) -> torch.Tensor:
+    """sinc²(r / (pad·N)) on the N³ grid: the real-space footprint of trilinear interpolation."""
+    r = radius_grid(box, 3, device=device).to(dtype) / (pad * box)
+    return torch.sinc(r) ** 2
+
+
+def pad_volume(volume: torch.Tensor, size: int) -> torch.Tensor:
+    """Zero-pad a centred (N, N, N) volume to (size, size, size), keeping the centre at size/2."""
+    n = volume.shape[-1]
+    out = volume.new_zeros((size, size, size))
+    o = size // 2 - n // 2
+    out[o : o + n, o : o + n, o : o + n] = volume
+    return out
+
+
+def frequency_points(window: int) -> torch.Tensor:
+    """(W, W//2+1, 3) float (kx, ky, 0) of a W-sized half transform (FFTW order, Nyquist +W/2)."""
+    k = rfft_frequencies_2d(window).to(torch.float64)
+    return torch.cat([k, torch.zeros_like(k[..., :1])], dim=-1)
+
+
+@dataclass
+class Projector:
+    """Padded, gridding-pre-corrected, centred half transform of a reference.
+
+    spectrum : (P+1, P+1, P//2+1) complex, P = pad·N (see `operators.interpolation`)
+    box : N (pixels); pad : padding factor; r_max : largest shell projected (≤ N/2)
+    """
+
+    spectrum: torch.Tensor
+    box: int
+    pad: int
+    r_max: int
+
+    @classmethod
+    def from_volume(
+        cls, volume: torch.Tensor, *, pad: int = 2, r_max: int | None = None, dtype=torch.complex64
+    ) -> Projector:
+        """Prepare (N, N, N) real `volume` (origin at N/2) for projection."""
+        n = volume.shape[-1]
+        corrected = volume.to(torch.float64) / gridding_kernel(n, pad, device=volume.device)
+        size = pad * n
+        spectrum = fft3_centered(pad_volume(corrected, size)) * (pad**3 * n)
+        r = n // 2 if r_max is None else min(r_max, n // 2)
+        return cls(half_to_centred(spectrum).to(dtype), n, pad, r)
+
+    def project(
+        self, rotations: torch.Tensor, *, window: int | None = None, chunk: int = 256
+    ) -> torch.Tensor:
+        """Central sections for rotations (R, 3, 3) → (R, W, W//2+1) complex, FFTW order.
+
+        W = `window` (even, ≤ N; default N). Frequencies beyond min(r_max, W/2) are zero.
+        """
+        w = self.box if window is None else window
+        k = frequency_points(w).to(self.spectrum.device)
+        inside = torch.linalg.vector_norm(k, dim=-1) <= min(self.r_max, w // 2)
+        kin = k[inside].to(rotations.dtype)  # (K, 3)
+        rot = rotations.to(kin.device)
+        out = torch.zeros((len(rot), w, w // 2 + 1), dtype=self.spectrum.dtype, device=kin.device)
+        for start in range(0, len(rot), chunk):
+            a = rot[start : start + chunk]
+            points = (kin[None] @ a) * self.pad  # (R, K, 3): p = pad·Aᵀk
+            out[start : start + chunk, inside] = gather(self.spectrum, points.to(torch.float32))
+        return out

@@ -1,0 +1,193 @@
+"""Back-projector and regularised (Wiener) reconstruction (RELION `BackProjector`).
+
+Accumulates data(p) += C·X and weight(p) += C² at p = pad·Aᵀk in a centred half volume,
+then V̂ = data / max(weight + 1/(ω·T·τ²), ε) with ω = pad³, and a gridding correction.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ember.maths.fourier import rfft_frequencies_2d, shell_index
+from ember.operators.interpolation import (
+    centred_to_half,
+    fold_periodic,
+    gather,
+    scatter_add,
+    trilinear_corners,
+)
+from ember.operators.masks import soft_mask_outside
+from ember.operators.projector import frequency_points, gridding_kernel
+
+
+class Reconstructor:
+    """Accumulators for one reconstruction of an N³ map.
+
+    While inserting, `sums` (P+1, P+1, P//2+1, 3) float32 holds (Re data, Im data, weight);
+    `prepare` turns it into `data` complex128 and `weight` float64 of shape (P+1, P+1, P//2+1).
+    P = pad·N.
+    """
+
+    def __init__(self, box: int, *, pad: int = 2, r_max: int | None = None, device=None) -> None:
+        self.box, self.pad = box, pad
+        self.r_max = box // 2 if r_max is None else min(r_max, box // 2)
+        size = pad * box
+        shape = (size + 1, size + 1, size // 2 + 1)
+        self.sums = torch.zeros((*shape, 3), dtype=torch.float32, device=device)
+        self.data = torch.zeros(0, dtype=torch.complex128, device=device)
+        self.weight = torch.zeros(0, dtype=torch.float64, device=device)
+        self._prepared = False
+
+    @property
+    def device(self) -> torch.device:
+        return self.sums.device
+
+    def _voxel_frequencies(self) -> torch.Tensor:
+        """(P+1, P+1, P//2+1, 3) (x, y, z) padded-grid frequency of every stored voxel."""
+        size = self.pad * self.box
+        zy = torch.arange(size + 1, device=self.device, dtype=torch.float64) - size // 2
+        x = torch.arange(size // 2 + 1, device=self.device, dtype=torch.float64)
+        gz, gy, gx = torch.meshgrid(zy, zy, x, indexing="ij")
+        return torch.stack([gx, gy, gz], dim=-1)
+
+    def insert(
+        self,
+        ctf_images: torch.Tensor,
+        ctf2: torch.Tensor,
+        rotations: torch.Tensor,
+    ) -> None:
+        """Back-project a batch.
+
+        ctf_images : (B, N, N//2+1) complex, C·X (already weighted/shifted as wanted)
+        ctf2 : (B, N, N//2+1) real, C² (times any weight)
+        rotations : (B, 3, 3) matrices A (map → image)
+        """
+        if self._prepared:
+            raise RuntimeError("insert() after reconstruct(): make a new Reconstructor")
+        n = self.box
+        k2d = rfft_frequencies_2d(n, device=self.device)
+        keep = shell_index(k2d) <= self.r_max
+        keep &= ~((k2d[..., 0] == 0) & (k2d[..., 1] < 0))  # Hermitian mates of ky > 0
+        k = frequency_points(n).to(self.device)[keep]  # (K, 3)
+        a = rotations.to(self.device, torch.float32)
+        points = (k.to(torch.float32)[None] @ a) * self.pad  # (B, K, 3): p = pad·Aᵀk
+        corners = trilinear_corners(points, tuple(self.sums.shape))
+        values = ctf_images[:, keep].reshape(-1)
+        stacked = torch.stack([values.real, values.imag, ctf2[:, keep].reshape(-1).to(values.real.dtype)], 1)
+        scatter_add(self.sums, corners, stacked)
+
+    def add(self, other: Reconstructor) -> None:
+        """Add another reconstructor's accumulators (joining half-sets) before `prepare`."""
+        self.sums += other.sums
+
+    def prepare(self, symmetry: torch.Tensor | None = None) -> None:
+        """Fold periodic planes, enforce Hermitian symmetry on x = 0 (sum of mates, as RELION)
+        and apply point-group symmetry operators (G, 3, 3) to data and weight."""
+        if self._prepared:
+            return
+        sums = fold_periodic(self.sums.to(torch.float64))
+        data, weight = torch.complex(sums[..., 0], sums[..., 1]), sums[..., 2]
+        data[..., 0] = data[..., 0] + torch.flip(data[..., 0], dims=(0, 1)).conj()
+        weight[..., 0] = weight[..., 0] + torch.flip(weight[..., 0], dims=(0, 1))
+        if symmetry is not None and len(symmetry) > 1:
+            data, weight = self._symmetrise(data, weight, symmetry)
+        self.data, self.weight = data, weight
+        self._prepared = True
+
+    def _symmetrise(self, data, weight, ops: torch.Tensor):
+        p = self._voxel_frequencies()
+        inside = torch.linalg.vector_norm(p, dim=-1) <= self.pad * self.r_max
+        pts = p[inside]  # (M, 3)
+        sym_data, sym_weight = data[inside].clone(), weight[inside].clone()
+        for op in ops[1:].to(self.device, torch.float64):
+            q = pts @ op.T  # R·p
+            corners = trilinear_corners(q.to(torch.float32), tuple(data.shape))
+            sym_data += gather(data, q, corners)
+            sym_weight += gather(weight, q, corners)
+        data, weight = torch.zeros_like(data), torch.zeros_like(weight)
+        data[inside], weight[inside] = sym_data, sym_weight
+        return data, weight
+
+    def shells(self) -> torch.Tensor:
+        """(P+1, P+1, P//2+1) long: model shell ROUND(|p|/pad) of every voxel."""
+        return shell_index(self._voxel_frequencies() / self.pad)
+
+    def sigma2_ref(self) -> torch.Tensor:
+        """(N//2+1,) count / Σ(ω·weight) per shell (RELION rlnReferenceSigma2)."""
+        n_shells = self.box // 2 + 1
+        shells = self.shells().reshape(-1)
+        keep = shells < n_shells
+        omega = float(self.pad**3)
+        w = torch.zeros(n_shells, dtype=torch.float64, device=self.device)
+        c = torch.zeros_like(w)
+        w.index_add_(0, shells[keep], omega * self.weight.reshape(-1)[keep])
+        c.index_add_(0, shells[keep], torch.ones_like(w[shells[keep]]))
+        return torch.where(w > 0, c / w.clamp(min=1e-300), torch.zeros_like(w))
+
+    def reconstruct(
+        self,
+        *,
+        tau2: torch.Tensor | None = None,
+        tau2_fudge: float = 1.0,
+        minres_shell: int = 5,
+        symmetry: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Regularised reconstruction → (N, N, N) float32 map, origin at N/2.
+
+        tau2 : (N//2+1,) prior power per shell on the 2D-image scale, or None for no prior
+        (only RELION's floor ε = 1/1000 of the shell-average weight).
+        """
+        self.prepare(symmetry)
+        n, pad = self.box, self.pad
+        n_shells = n // 2 + 1
+        shells = self.shells()
+        inside = shells <= self.r_max
+        weight = self.weight.clone()
+        if tau2 is not None:
+            t = tau2.to(self.device, torch.float64)
+            reg_shell = torch.where(
+                t > 0, 1.0 / (pad**3 * tau2_fudge * t.clamp(min=1e-300)), torch.zeros_like(t)
+            )
+            s = shells.clamp(max=n_shells - 1)
+            reg = reg_shell[s]
+            no_prior = t[s] <= 0
+            reg = torch.where(no_prior, 1.0 / (0.001 * weight.clamp(min=1e-300)), reg)
+            weight = torch.where(inside & (shells >= minres_shell), weight + reg, weight)
+        flat_s = shells[inside]
+        sums = torch.zeros(n_shells, dtype=torch.float64, device=self.device)
+        counts = torch.zeros_like(sums)
+        sums.index_add_(0, flat_s, weight[inside])
+        counts.index_add_(0, flat_s, torch.ones_like(weight[inside]))
+        eps = 1e-3 * sums / counts.clamp(min=1)
+        denom = torch.maximum(weight, eps[shells.clamp(max=n_shells - 1)])
+        spectrum = torch.where(
+            inside & (denom > 0), self.data / denom.clamp(min=1e-300), torch.zeros_like(self.data)
+        )
+        return self._to_real_space(spectrum)
+
+    def _to_real_space(self, spectrum: torch.Tensor) -> torch.Tensor:
+        n, pad = self.box, self.pad
+        size = pad * n
+        half = centred_to_half(spectrum)
+        vol = torch.fft.irfftn(half, s=(size, size, size), norm="forward") / (pad**3 * n)
+        vol = torch.fft.fftshift(vol)
+        o = size // 2 - n // 2
+        vol = vol[o : o + n, o : o + n, o : o + n]
+        vol = soft_mask_outside(vol, n / 2, 5.0)
+        vol = vol / gridding_kernel(n, pad, device=vol.device)
+        return vol.to(torch.float32)
+
+
+def tau2_from_fsc(
+    fsc: torch.Tensor, sigma2_ref: torch.Tensor, *, tau2_fudge: float = 1.0, joined: bool = False
+) -> torch.Tensor:
+    """Gold-standard τ² per shell (RELION `updateSSNRarrays`, ALGORITHM §5.4).
+
+    FSC' = max(0.001, FSC); if `joined` (map of both halves) FSC' = √(2FSC'/(1+FSC'));
+    FSC' = min(0.999, FSC'); SSNR = T·FSC'/(1−FSC'); τ² = SSNR·σ²_ref.
+    """
+    f = fsc.to(torch.float64).clamp(min=0.001)
+    if joined:
+        f = torch.sqrt(2 * f / (1 + f))
+    f = f.clamp(max=0.999)
+    return tau2_fudge * f / (1 - f) * sigma2_ref.to(torch.float64)

@@ -1,0 +1,47 @@
+"""PNG plots (matplotlib, Agg backend, written atomically)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ember.io.atomic import atomic_path  # noqa: E402
+
+
+def plot_fsc(
+    path: str | Path,
+    curves: dict[str, np.ndarray],
+    *,
+    box: int,
+    pixel_size: float,
+    thresholds: tuple[float, ...] = (0.5, 0.143),
+    title: str = "Fourier shell correlation",
+) -> None:
+    """FSC curves (label → (N//2+1,) values) against spatial frequency in Å⁻¹."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    for label, curve in curves.items():
+        freq = np.arange(len(curve)) / (box * pixel_size)
+        ax.plot(freq, curve, label=label, lw=1.6)
+    for t in thresholds:
+        ax.axhline(t, color="grey", lw=0.8, ls="--")
+        ax.text(0.0, t + 0.01, f"{t}", color="grey", fontsize=8)
+    ax.set_xlabel("spatial frequency (Å⁻¹)")
+    ax.set_ylabel("FSC")
+    ax.set_ylim(-0.1, 1.05)
+    ax.set_xlim(0, 0.5 / pixel_size)
+    top = ax.twiny()
+    top.set_xlim(ax.get_xlim())
+    ticks = [t for t in ax.get_xticks() if 0 < t <= 0.5 / pixel_size]
+    top.set_xticks(ticks, [f"{1 / t:.1f}" for t in ticks])
+    top.set_xlabel("resolution (Å)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
