@@ -16,13 +16,9 @@ def test_relion_fixture_30_60_90():
     )
     torch.testing.assert_close(a, expected, atol=1e-6, rtol=0)
     image = a @ torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
-    torch.testing.assert_close(
-        image, torch.tensor([-0.5, -0.433013, 0.75], dtype=torch.float64), atol=1e-6, rtol=0
-    )
+    torch.testing.assert_close(image, torch.tensor([-0.5, -0.433013, 0.75], dtype=torch.float64), atol=1e-6, rtol=0)
     image_z = a @ torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
-    torch.testing.assert_close(
-        image_z[:2], torch.tensor([0.0, 0.866025], dtype=torch.float64), atol=1e-6, rtol=0
-    )
+    torch.testing.assert_close(image_z[:2], torch.tensor([0.0, 0.866025], dtype=torch.float64), atol=1e-6, rtol=0)
 
 
 def test_relion_fixture_90_90_0_viewing_direction():

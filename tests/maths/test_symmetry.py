@@ -38,9 +38,7 @@ def test_dn_axes_follow_relion():
     ops = symmetry_operators("D7")
     x = torch.tensor([1.0, 0, 0], dtype=torch.float64)
     z = torch.tensor([0, 0, 1.0], dtype=torch.float64)
-    flips_x = [
-        op for op in ops if torch.allclose(op @ x, x, atol=1e-9) and torch.allclose(op @ z, -z, atol=1e-9)
-    ]
+    flips_x = [op for op in ops if torch.allclose(op @ x, x, atol=1e-9) and torch.allclose(op @ z, -z, atol=1e-9)]
     assert len(flips_x) == 1
     fixes_z = [op for op in ops if torch.allclose(op @ z, z, atol=1e-9)]
     assert len(fixes_z) == 7
@@ -49,9 +47,7 @@ def test_dn_axes_follow_relion():
 def test_icosahedral_i2_has_twofolds_on_xyz():
     ops = symmetry_operators("I")
     for axis in torch.eye(3, dtype=torch.float64):
-        assert any(
-            torch.allclose(op @ axis, axis, atol=1e-6) and abs(torch.trace(op) + 1) < 1e-6 for op in ops
-        )
+        assert any(torch.allclose(op @ axis, axis, atol=1e-6) and abs(torch.trace(op) + 1) < 1e-6 for op in ops)
 
 
 def test_unknown_group_is_clear_error():

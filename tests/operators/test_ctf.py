@@ -50,12 +50,8 @@ def test_astigmatism_direction():
     params = dict(defocus_u_angstrom=15000.0, defocus_v_angstrom=25000.0, defocus_angle_deg=angle)
     along_u = ctf_from_frequencies((s * u)[None], optics=OPTICS, **params)[0]
     along_v = ctf_from_frequencies((s * v)[None], optics=OPTICS, **params)[0]
-    torch.testing.assert_close(
-        along_u[0], radial_ctf([s], defocus_u_angstrom=15000.0, defocus_v_angstrom=15000.0)[0]
-    )
-    torch.testing.assert_close(
-        along_v[0], radial_ctf([s], defocus_u_angstrom=25000.0, defocus_v_angstrom=25000.0)[0]
-    )
+    torch.testing.assert_close(along_u[0], radial_ctf([s], defocus_u_angstrom=15000.0, defocus_v_angstrom=15000.0)[0])
+    torch.testing.assert_close(along_v[0], radial_ctf([s], defocus_u_angstrom=25000.0, defocus_v_angstrom=25000.0)[0])
 
 
 def test_phase_shift_90_degrees_turns_sine_into_cosine():

@@ -47,7 +47,9 @@ def handles_errors(func):
 
 @contextmanager
 def progress_bar(description: str, quiet: bool = False):
-    """Yield a `progress(done, total)` callback drawing a rich bar (or nothing when quiet)."""
+    """Yield a `progress(done, total)` callback drawing a rich bar (or nothing when quiet).
+
+    The bar appears at the first update, so input errors found before any work print alone."""
     if quiet:
         yield None
         return
@@ -58,15 +60,21 @@ def progress_bar(description: str, quiet: bool = False):
         TextColumn("{task.fields[rate]}"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task(description, total=None, rate="")
+    bar = Progress(*columns, console=console, transient=False)
+    task = bar.add_task(description, total=None, rate="")
 
-        def update(done: int, total: int) -> None:
-            elapsed = bar.tasks[task].elapsed or 0.0
-            rate = f"{done / elapsed:,.0f} particles/s" if elapsed > 0 else ""
-            bar.update(task, completed=done, total=total, rate=rate)
+    def update(done: int, total: int) -> None:
+        if not bar.live.is_started:
+            bar.start()
+        elapsed = bar.tasks[task].elapsed or 0.0
+        rate = f"{done / elapsed:,.0f} particles/s" if elapsed > 0 else ""
+        bar.update(task, completed=done, total=total, rate=rate)
 
+    try:
         yield update
+    finally:
+        if bar.live.is_started:
+            bar.stop()
 
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
@@ -89,9 +97,7 @@ def simulate(
     chains: Annotated[
         Optional[str], typer.Option(help="Comma-separated chains of --model to keep (default: assembly 1).")
     ] = None,
-    box: Annotated[
-        Optional[int], typer.Option(help="Box size in pixels (even; needed with --model).")
-    ] = None,
+    box: Annotated[Optional[int], typer.Option(help="Box size in pixels (even; needed with --model).")] = None,
     angpix: Annotated[Optional[float], typer.Option(help="Pixel size in Å (needed with --model).")] = None,
     snr: Annotated[
         Optional[float],
@@ -99,13 +105,12 @@ def simulate(
             help="Signal-to-noise ratio (signal variance / noise variance over the box); omit for noise-free."
         ),
     ] = None,
-    defocus: Annotated[
-        tuple[float, float], typer.Option(help="Defocus range MIN MAX in µm (underfocus positive).")
-    ] = (1.0, 3.0),
+    defocus: Annotated[tuple[float, float], typer.Option(help="Defocus range MIN MAX in µm (underfocus positive).")] = (
+        1.0,
+        3.0,
+    ),
     astigmatism: Annotated[float, typer.Option(help="Largest |DefocusU − DefocusV| in Å.")] = 200.0,
-    max_offset: Annotated[
-        float, typer.Option(help="Largest |offset| per axis in pixels (uniform, sub-pixel).")
-    ] = 3.0,
+    max_offset: Annotated[float, typer.Option(help="Largest |offset| per axis in pixels (uniform, sub-pixel).")] = 3.0,
     voltage: Annotated[float, typer.Option(help="Acceleration voltage in kV.")] = 300.0,
     cs: Annotated[float, typer.Option(help="Spherical aberration in mm.")] = 2.7,
     q0: Annotated[float, typer.Option(help="Amplitude contrast (fraction).")] = 0.1,
@@ -113,9 +118,7 @@ def simulate(
     angles_from: Annotated[
         Optional[Path], typer.Option(help="Take orientations from this STAR instead of uniform random.")
     ] = None,
-    bfactor_floor: Annotated[
-        float, typer.Option(help="Raise atomic B-factors to at least this (Å²).")
-    ] = 20.0,
+    bfactor_floor: Annotated[float, typer.Option(help="Raise atomic B-factors to at least this (Å²).")] = 20.0,
     seed: Seed = 0,
     quiet: Quiet = False,
 ) -> None:

@@ -37,9 +37,7 @@ def read_model(path: str | Path, chains: list[str] | None = None) -> gemmi.Struc
     return st
 
 
-def model_density(
-    st: gemmi.Structure, *, box: int, pixel_size: float, bfactor_floor: float = 20.0
-) -> np.ndarray:
+def model_density(st: gemmi.Structure, *, box: int, pixel_size: float, bfactor_floor: float = 20.0) -> np.ndarray:
     """Electron-scattering density of a structure, centroid at voxel N/2.
 
     box : N (pixels, even); pixel_size : Å/px; bfactor_floor : Å², raises every atomic B to at

@@ -19,9 +19,7 @@ from ember.io.atomic import atomic_path
 def _open_error(path: Path, exc: Exception) -> EmberInputError:
     if not path.exists():
         return EmberInputError(path, "file not found", "check the path")
-    return EmberInputError(
-        path, f"not a readable MRC file ({exc})", "re-export it or check it is not truncated"
-    )
+    return EmberInputError(path, f"not a readable MRC file ({exc})", "re-export it or check it is not truncated")
 
 
 def read_map(path: str | Path) -> tuple[np.ndarray, float]:

@@ -76,9 +76,7 @@ class ParticleDataSet:
             )
         missing = [c for c in REQUIRED_OPTICS if c not in self.table.optics]
         if missing:
-            raise EmberInputError(
-                self.star_path, f"data_optics lacks {', '.join(missing)}", "add the columns"
-            )
+            raise EmberInputError(self.star_path, f"data_optics lacks {', '.join(missing)}", "add the columns")
 
     def _read_optics(self) -> Optics:
         optics = self.table.optics
@@ -184,11 +182,26 @@ class ParticleDataSet:
 
     def offsets_px(self) -> np.ndarray:
         """(n, 2) rlnOriginX/YAngst converted to pixels."""
-        return (
-            np.stack([self.column(f"rlnOrigin{a}Angst", 0.0) for a in ("X", "Y")], axis=1) / self.pixel_size
-        )
+        return np.stack([self.column(f"rlnOrigin{a}Angst", 0.0) for a in ("X", "Y")], axis=1) / self.pixel_size
 
     def close(self) -> None:
         for mrc in self._stacks.values():
             mrc.close()
         self._stacks.clear()
+
+
+def check_map_matches(map_path: str | Path, box: int, pixel_size: float, dataset: ParticleDataSet) -> None:
+    """Raise if a reference map's box or pixel size (Å) disagrees with the particles'."""
+    if box != dataset.box:
+        raise EmberInputError(
+            map_path,
+            f"map box {box} differs from the particles' {dataset.box} ({dataset.star_path})",
+            "resample the map to the particles' box",
+        )
+    if abs(pixel_size - dataset.pixel_size) > 1e-3 * dataset.pixel_size:
+        raise EmberInputError(
+            map_path,
+            f"map pixel size {pixel_size:.4f} Å differs from the particles' "
+            f"{dataset.pixel_size:.4f} Å ({dataset.star_path})",
+            "fix the map header or rescale the map",
+        )

@@ -52,9 +52,7 @@ def demo(cfg: DemoConfig, progress: Progress | None = None) -> FscResult:
         progress,
     )
     rec_path = out / "reconstruct" / "map.mrc"
-    volume = reconstruct(
-        ReconstructConfig(star=star, output=rec_path, wiener=True, device=cfg.device), progress
-    )
+    volume = reconstruct(ReconstructConfig(star=star, output=rec_path, wiener=True, device=cfg.device), progress)
     truth, pixel = read_map(out / "simulate" / "truth.mrc")
     result = fsc_of_maps(volume, truth, pixel)
     plot_fsc(

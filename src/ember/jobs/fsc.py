@@ -33,9 +33,7 @@ class FscResult:
             {
                 "rlnSpectralIndex": shells,
                 "rlnResolution": shells / (self.box * self.pixel_size),
-                "rlnAngstromResolution": [
-                    resolution_angstrom(int(i), self.box, self.pixel_size) for i in shells
-                ],
+                "rlnAngstromResolution": [resolution_angstrom(int(i), self.box, self.pixel_size) for i in shells],
                 "rlnFourierShellCorrelation": self.curve,
             }
         )
@@ -58,13 +56,9 @@ def fsc_job(path1: Path, path2: Path, output: Path | None = None) -> FscResult:
     map1, pix1 = read_map(path1)
     map2, pix2 = read_map(path2)
     if map1.shape != map2.shape:
-        raise EmberInputError(
-            path2, f"box {map2.shape[0]} differs from {path1}'s {map1.shape[0]}", "resample one map"
-        )
+        raise EmberInputError(path2, f"box {map2.shape[0]} differs from {path1}'s {map1.shape[0]}", "resample one map")
     if abs(pix1 - pix2) > 1e-3 * pix1:
-        raise EmberInputError(
-            path2, f"pixel size {pix2:.4f} Å differs from {path1}'s {pix1:.4f} Å", "fix the header"
-        )
+        raise EmberInputError(path2, f"pixel size {pix2:.4f} Å differs from {path1}'s {pix1:.4f} Å", "fix the header")
     result = fsc_of_maps(map1, map2, pix1)
     if output is not None:
         write_star_blocks(Path(output) / "fsc.star", {"fsc": result.table()})

@@ -21,8 +21,7 @@ import torch
 from ember.errors import EmberInputError
 from ember.io.atomic_model import model_density, read_model
 from ember.io.mrc import StackWriter, read_map, write_map
-from ember.io.particles import ParticleDataSet
-from ember.io.star import ParticleTable, write_particles_star
+from ember.io.star import ParticleTable, read_particles_star, write_particles_star
 from ember.jobs.common import Progress, batches, write_job_json
 from ember.maths.rotations import euler_to_matrix, matrix_to_euler, random_rotations
 from ember.operators.ctf import CtfOptics, ctf_2d
@@ -30,6 +29,7 @@ from ember.operators.forward import clean_images
 from ember.operators.projector import Projector
 
 logger = logging.getLogger(__name__)
+ANGLE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
 BATCH = 256  # fixed so that results under --seed do not depend on anything else
 
 
@@ -93,9 +93,20 @@ def draw_parameters(cfg: SimulateConfig, rng: np.random.Generator) -> pd.DataFra
     """Orientations, offsets and CTF parameters for every particle (RELION columns)."""
     n = cfg.n_particles
     if cfg.angles_from is not None:
-        given = ParticleDataSet.from_star(cfg.angles_from)
-        angles = given.angles_deg()
-        given.close()
+        given = read_particles_star(cfg.angles_from)
+        missing = [c for c in ANGLE_COLUMNS if c not in given.particles]
+        if missing:
+            raise EmberInputError(cfg.angles_from, f"no {', '.join(missing)} column", "give a STAR with angles")
+        if cfg.map_path is not None and "rlnImagePixelSize" in given.optics:
+            star_pixel = float(given.optics["rlnImagePixelSize"].iloc[0])
+            _, pixel = read_map(cfg.map_path)
+            if abs(star_pixel - pixel) > 1e-3 * pixel:
+                raise EmberInputError(
+                    cfg.map_path,
+                    f"map pixel size {pixel:.4f} Å differs from {cfg.angles_from}'s {star_pixel:.4f} Å",
+                    "fix the map header or the STAR's rlnImagePixelSize",
+                )
+        angles = given.particles[list(ANGLE_COLUMNS)].to_numpy(dtype=np.float64)
         angles = angles[np.arange(n) % len(angles)]
     else:
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
@@ -127,9 +138,7 @@ def simulate(cfg: SimulateConfig, progress: Progress | None = None) -> Path:
     params[["rlnOriginXAngst", "rlnOriginYAngst"]] *= pixel
     projector = Projector.from_volume(torch.from_numpy(vol))
     optics = CtfOptics(cfg.voltage_kv, cfg.cs_mm, cfg.amplitude_contrast)
-    rotations = euler_to_matrix(
-        torch.tensor(params[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy())
-    )
+    rotations = euler_to_matrix(torch.tensor(params[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy()))
     offsets = torch.tensor(params[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy()) / pixel
 
     def batch_images(start: int, stop: int) -> torch.Tensor:
@@ -147,9 +156,7 @@ def simulate(cfg: SimulateConfig, progress: Progress | None = None) -> Path:
         return clean_images(projector, rotations[start:stop], offsets[start:stop], ctf)
 
     signal_var = float(
-        np.mean(
-            [batch_images(s, e).var(dim=(1, 2)).mean() for s, e in batches(min(cfg.n_particles, 512), BATCH)]
-        )
+        np.mean([batch_images(s, e).var(dim=(1, 2)).mean() for s, e in batches(min(cfg.n_particles, 512), BATCH)])
     )
     if signal_var <= 0:
         raise EmberInputError(cfg.map_path or cfg.model_path, "the map projects to zero", "check the map")

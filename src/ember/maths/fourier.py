@@ -84,9 +84,7 @@ def radial_average(values: torch.Tensor, shells: torch.Tensor, n_shells: int) ->
     idx = shells[keep]
     v = values[keep].to(torch.float64)
     sums = torch.zeros(n_shells, dtype=torch.float64, device=values.device).index_add_(0, idx, v)
-    counts = torch.zeros(n_shells, dtype=torch.float64, device=values.device).index_add_(
-        0, idx, torch.ones_like(v)
-    )
+    counts = torch.zeros(n_shells, dtype=torch.float64, device=values.device).index_add_(0, idx, torch.ones_like(v))
     return sums / counts.clamp(min=1)
 
 

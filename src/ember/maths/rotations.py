@@ -35,9 +35,7 @@ def matrix_to_euler(matrices: torch.Tensor) -> torch.Tensor:
     beta = torch.atan2(abs_sb, m[..., 2, 2])
     degenerate = abs_sb <= eps
     up = m[..., 2, 2] > 0
-    gamma_d = torch.where(
-        up, torch.atan2(-m[..., 1, 0], m[..., 0, 0]), torch.atan2(m[..., 1, 0], -m[..., 0, 0])
-    )
+    gamma_d = torch.where(up, torch.atan2(-m[..., 1, 0], m[..., 0, 0]), torch.atan2(m[..., 1, 0], -m[..., 0, 0]))
     alpha = torch.where(degenerate, torch.zeros_like(alpha), alpha)
     beta = torch.where(degenerate, torch.where(up, 0.0, torch.full_like(beta, math.pi)), beta)
     gamma = torch.where(degenerate, gamma_d, gamma)
@@ -71,8 +69,6 @@ def angular_distance_deg(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Geodesic angle in degrees between rotations (..., 3, 3) a and b."""
     r = a.transpose(-1, -2) @ b
     cos = (r.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2
-    axis = torch.stack(
-        [r[..., 2, 1] - r[..., 1, 2], r[..., 0, 2] - r[..., 2, 0], r[..., 1, 0] - r[..., 0, 1]], -1
-    )
+    axis = torch.stack([r[..., 2, 1] - r[..., 1, 2], r[..., 0, 2] - r[..., 2, 0], r[..., 1, 0] - r[..., 0, 1]], -1)
     sin = torch.linalg.vector_norm(axis, dim=-1) / 2
     return torch.rad2deg(torch.atan2(sin, cos))

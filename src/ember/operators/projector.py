@@ -61,9 +61,7 @@ class Projector:
         r = n // 2 if r_max is None else min(r_max, n // 2)
         return cls(half_to_centred(spectrum).to(dtype), n, pad, r)
 
-    def project(
-        self, rotations: torch.Tensor, *, window: int | None = None, chunk: int = 256
-    ) -> torch.Tensor:
+    def project(self, rotations: torch.Tensor, *, window: int | None = None, chunk: int = 256) -> torch.Tensor:
         """Central sections for rotations (R, 3, 3) → (R, W, W//2+1) complex, FFTW order.
 
         W = `window` (even, ≤ N; default N). Frequencies beyond min(r_max, W/2) are zero.

@@ -145,9 +145,7 @@ class Reconstructor:
         weight = self.weight.clone()
         if tau2 is not None:
             t = tau2.to(self.device, torch.float64)
-            reg_shell = torch.where(
-                t > 0, 1.0 / (pad**3 * tau2_fudge * t.clamp(min=1e-300)), torch.zeros_like(t)
-            )
+            reg_shell = torch.where(t > 0, 1.0 / (pad**3 * tau2_fudge * t.clamp(min=1e-300)), torch.zeros_like(t))
             s = shells.clamp(max=n_shells - 1)
             reg = reg_shell[s]
             no_prior = t[s] <= 0
@@ -160,9 +158,7 @@ class Reconstructor:
         counts.index_add_(0, flat_s, torch.ones_like(weight[inside]))
         eps = 1e-3 * sums / counts.clamp(min=1)
         denom = torch.maximum(weight, eps[shells.clamp(max=n_shells - 1)])
-        spectrum = torch.where(
-            inside & (denom > 0), self.data / denom.clamp(min=1e-300), torch.zeros_like(self.data)
-        )
+        spectrum = torch.where(inside & (denom > 0), self.data / denom.clamp(min=1e-300), torch.zeros_like(self.data))
         return self._to_real_space(spectrum)
 
     def _to_real_space(self, spectrum: torch.Tensor) -> torch.Tensor:
