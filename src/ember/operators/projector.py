@@ -69,11 +69,20 @@ class Projector:
         w = self.box if window is None else window
         k = frequency_points(w).to(self.spectrum.device)
         inside = torch.linalg.vector_norm(k, dim=-1) <= min(self.r_max, w // 2)
-        kin = k[inside].to(rotations.dtype)  # (K, 3)
-        rot = rotations.to(kin.device)
-        out = torch.zeros((len(rot), w, w // 2 + 1), dtype=self.spectrum.dtype, device=kin.device)
+        out = torch.zeros((len(rotations), w, w // 2 + 1), dtype=self.spectrum.dtype, device=k.device)
+        out[:, inside] = self.project_frequencies(rotations, k[inside][:, :2], chunk=chunk)
+        return out
+
+    def project_frequencies(self, rotations: torch.Tensor, k: torch.Tensor, *, chunk: int = 256) -> torch.Tensor:
+        """Section values at a list of 2D frequencies.
+
+        rotations : (R, 3, 3); k : (K, 2) (kx, ky) in cycles per box N, |k| ≤ r_max
+        returns : (R, K) complex
+        """
+        k3 = torch.cat([k, torch.zeros_like(k[:, :1])], dim=1).to(self.spectrum.device, torch.float32)
+        rot = rotations.to(k3.device, torch.float32)
+        out = torch.empty((len(rot), len(k3)), dtype=self.spectrum.dtype, device=k3.device)
         for start in range(0, len(rot), chunk):
-            a = rot[start : start + chunk]
-            points = (kin[None] @ a) * self.pad  # (R, K, 3): p = pad·Aᵀk
-            out[start : start + chunk, inside] = gather(self.spectrum, points.to(torch.float32))
+            points = (k3[None] @ rot[start : start + chunk]) * self.pad  # (R, K, 3): p = pad·Aᵀk
+            out[start : start + chunk] = gather(self.spectrum, points)
         return out

@@ -17,7 +17,7 @@ from ember.operators.interpolation import (
     trilinear_corners,
 )
 from ember.operators.masks import soft_mask_outside
-from ember.operators.projector import frequency_points, gridding_kernel
+from ember.operators.projector import gridding_kernel
 
 
 class Reconstructor:
@@ -62,18 +62,28 @@ class Reconstructor:
         ctf2 : (B, N, N//2+1) real, C² (times any weight)
         rotations : (B, 3, 3) matrices A (map → image)
         """
-        if self._prepared:
-            raise RuntimeError("insert() after reconstruct(): make a new Reconstructor")
         n = self.box
         k2d = rfft_frequencies_2d(n, device=self.device)
         keep = shell_index(k2d) <= self.r_max
         keep &= ~((k2d[..., 0] == 0) & (k2d[..., 1] < 0))  # Hermitian mates of ky > 0
-        k = frequency_points(n).to(self.device)[keep]  # (K, 3)
+        self.insert_frequencies(ctf_images[:, keep], ctf2[:, keep], rotations, k2d[keep])
+
+    def insert_frequencies(
+        self, values: torch.Tensor, weights: torch.Tensor, rotations: torch.Tensor, k: torch.Tensor
+    ) -> None:
+        """Back-project values at a list of 2D frequencies.
+
+        values : (B, K) complex; weights : (B, K) real; rotations : (B, 3, 3);
+        k : (K, 2) (kx, ky) cycles per box, without kx = 0, ky < 0 mates, |k| ≤ r_max
+        """
+        if self._prepared:
+            raise RuntimeError("insert() after reconstruct(): make a new Reconstructor")
+        k3 = torch.cat([k, torch.zeros_like(k[:, :1])], dim=1).to(self.device, torch.float32)
         a = rotations.to(self.device, torch.float32)
-        points = (k.to(torch.float32)[None] @ a) * self.pad  # (B, K, 3): p = pad·Aᵀk
+        points = (k3[None] @ a) * self.pad  # (B, K, 3): p = pad·Aᵀk
         corners = trilinear_corners(points, tuple(self.sums.shape))
-        values = ctf_images[:, keep].reshape(-1)
-        stacked = torch.stack([values.real, values.imag, ctf2[:, keep].reshape(-1).to(values.real.dtype)], 1)
+        v = values.reshape(-1)
+        stacked = torch.stack([v.real, v.imag, weights.reshape(-1).to(v.real.dtype)], 1)
         scatter_add(self.sums, corners, stacked)
 
     def add(self, other: Reconstructor) -> None:

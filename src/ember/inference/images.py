@@ -1,0 +1,101 @@
+"""Preparing a batch of particles for the likelihood: integer pre-centring, soft circular mask,
+Fourier transforms, CTFs and the frequency lists of the current windows (ALGORITHM §3.4, §1.5)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ember.io.particles import ParticleDataSet
+from ember.maths.fourier import fft2_centered, rfft_frequencies_2d, shell_index
+from ember.operators.ctf import particle_ctfs
+from ember.operators.masks import soft_sphere
+
+
+@dataclass(frozen=True)
+class FrequencyWindow:
+    """The Fourier pixels used at window size W: |k| ≤ W/2, without the kx = 0, ky < 0 mates.
+
+    index : (K,) flat indices into the (N, N//2+1) half transform; k : (K, 2) float (kx, ky);
+    shell : (K,) long shell index on the N grid
+    """
+
+    size: int
+    index: torch.Tensor
+    k: torch.Tensor
+    shell: torch.Tensor
+
+    @classmethod
+    def build(cls, box: int, size: int, device=None) -> FrequencyWindow:
+        k = rfft_frequencies_2d(box, device=device)
+        shells = shell_index(k)
+        keep = (shells <= size // 2) & ~((k[..., 0] == 0) & (k[..., 1] < 0))
+        flat = torch.nonzero(keep.reshape(-1)).squeeze(1)
+        return cls(size, flat, k.reshape(-1, 2)[flat].to(torch.float64), shells.reshape(-1)[flat])
+
+
+def npix_per_shell(box: int) -> torch.Tensor:
+    """(N//2+1,) number of unique half-transform pixels per shell (ALGORITHM §1.4)."""
+    w = FrequencyWindow.build(box, box)
+    return torch.bincount(w.shell, minlength=box // 2 + 1)[: box // 2 + 1].to(torch.float64)
+
+
+@dataclass
+class ImageBatch:
+    """A batch of B particles ready for the E-step.
+
+    indices : (B,) rows of the particle table; masked, unmasked : (B, N, N//2+1) complex spectra
+    of the pre-centred image with and without the soft circular mask; ctf : (B, N, N//2+1) real;
+    offset0_px : (B, 2) the integer (rounded) old offsets already applied
+    """
+
+    indices: np.ndarray
+    masked: torch.Tensor
+    unmasked: torch.Tensor
+    ctf: torch.Tensor
+    offset0_px: torch.Tensor
+
+
+def roll_images(images: torch.Tensor, shifts_px: torch.Tensor) -> torch.Tensor:
+    """Move the content of images (B, N, N) by integer shifts (B, 2) (x, y) px, wrapping round."""
+    b, n = images.shape[0], images.shape[-1]
+    ar = torch.arange(n, device=images.device)
+    rows = (ar[None] - shifts_px[:, 1:2]) % n  # (B, N)
+    cols = (ar[None] - shifts_px[:, 0:1]) % n
+    return images[torch.arange(b, device=images.device)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def prepare_batch(
+    dataset: ParticleDataSet,
+    indices: np.ndarray,
+    offsets_px: np.ndarray,
+    *,
+    mask_radius_px: float,
+    mask_edge_px: float = 5.0,
+    use_ctf: bool = True,
+    device: torch.device | str = "cpu",
+) -> ImageBatch:
+    """Read, pre-centre by the rounded old offsets, mask and transform particles `indices`.
+
+    offsets_px : (B, 2) RELION origins in pixels (the particle centre is at −origin).
+    """
+    images = torch.from_numpy(dataset.images(indices)).to(device, torch.float64)
+    t0 = np.rint(offsets_px).astype(np.int64)
+    centred = roll_images(images, torch.from_numpy(t0).to(device))
+    mask = soft_sphere(dataset.box, mask_radius_px, mask_edge_px, ndim=2, device=device)
+    outside = 1 - mask
+    background = (centred * outside).sum(dim=(1, 2), keepdim=True) / outside.sum()
+    masked = centred * mask + background * outside
+    if use_ctf and dataset.has_ctf:
+        ctf = particle_ctfs(dataset, indices, device=device, dtype=torch.float64)
+    else:
+        ctf = torch.ones((len(indices), dataset.box, dataset.box // 2 + 1), dtype=torch.float64, device=device)
+    return ImageBatch(
+        indices=np.asarray(indices),
+        masked=fft2_centered(masked),
+        unmasked=fft2_centered(centred),
+        ctf=ctf,
+        offset0_px=torch.from_numpy(t0.astype(np.float64)).to(device),
+    )
