@@ -57,6 +57,12 @@ class ImageBatch:
     ctf: torch.Tensor
     offset0_px: torch.Tensor
 
+    def subset(self, members: torch.Tensor) -> ImageBatch:
+        """The images at positions `members` (B',) of this batch."""
+        m = members.numpy()
+        return ImageBatch(self.indices[m], self.masked[members], self.unmasked[members], self.ctf[members],
+                          self.offset0_px[members])
+
 
 def roll_images(images: torch.Tensor, shifts_px: torch.Tensor) -> torch.Tensor:
     """Move the content of images (B, N, N) by integer shifts (B, 2) (x, y) px, wrapping round."""

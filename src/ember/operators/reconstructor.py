@@ -90,6 +90,12 @@ class Reconstructor:
         """Add another reconstructor's accumulators (joining half-sets) before `prepare`."""
         self.sums += other.sums
 
+    def add_prepared(self, first: Reconstructor, second: Reconstructor) -> None:
+        """Become the sum of two prepared reconstructors (symmetry already applied)."""
+        self.data = first.data + second.data
+        self.weight = first.weight + second.weight
+        self._prepared = True
+
     def prepare(self, symmetry: torch.Tensor | None = None) -> None:
         """Fold periodic planes, enforce Hermitian symmetry on x = 0 (sum of mates, as RELION)
         and apply point-group symmetry operators (G, 3, 3) to data and weight."""
@@ -197,3 +203,15 @@ def tau2_from_fsc(
         f = torch.sqrt(2 * f / (1 + f))
     f = f.clamp(max=0.999)
     return tau2_fudge * f / (1 - f) * sigma2_ref.to(torch.float64)
+
+
+def join_low_resolution(first: Reconstructor, second: Reconstructor, shell: int) -> None:
+    """Average data and weight of two prepared half reconstructors for model shells ≤ `shell`
+    (RELION `joinTwoHalvesAtLowResolution`): the only information the halves share."""
+    first.prepare()
+    second.prepare()
+    low = first.shells() <= shell
+    data = (first.data[low] + second.data[low]) / 2
+    weight = (first.weight[low] + second.weight[low]) / 2
+    first.data[low], second.data[low] = data, data
+    first.weight[low], second.weight[low] = weight, weight

@@ -45,3 +45,19 @@ def plot_fsc(
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+
+
+def plot_angular_distribution(path: str | Path, angles_deg: np.ndarray) -> None:
+    """Histogram of viewing directions (rot vs tilt, degrees) as an equal-area map."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
+    rot = angles_deg[:, 0]
+    cos_tilt = np.cos(np.radians(angles_deg[:, 1]))
+    h = ax.hist2d(rot, cos_tilt, bins=(72, 36), range=((-180, 180), (-1, 1)), cmap="viridis")
+    fig.colorbar(h[3], ax=ax, label="particles")
+    ax.set_xlabel("rot (°)")
+    ax.set_ylabel("cos(tilt)")
+    ax.set_title("angular distribution", fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

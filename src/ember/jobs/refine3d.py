@@ -1,0 +1,361 @@
+"""`ember refine3d`: gold-standard 3D auto-refinement (RELION `--auto_refine --split_random_halves`).
+
+The loop, per iteration: E-step of each half against its own reference → (join halves below
+40 Å) → FSC of the halves → M-step (τ² from the FSC, Wiener reconstruction, σ², σ_offset) →
+solvent flattening → new resolution, windows and sampling → write. After convergence one final
+iteration at the full window joins the halves into `run_class001.mrc`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ember.errors import EmberInputError
+from ember.inference.accuracy import expected_accuracy
+from ember.inference.engine import angular_changes, run_expectation
+from ember.inference.estep import EStepSettings
+from ember.inference.images import FrequencyWindow
+from ember.inference.model import HalfModel, ParticleResults, SamplingState
+from ember.inference.mstep import initial_sigma2, maximise, new_sums, unregularised_fsc
+from ember.inference.sampling import angular_step_deg, asymmetric_unit, translation_grid
+from ember.inference.schedule import (
+    AutoRefineState,
+    check_convergence,
+    coarse_size,
+    current_size,
+    update_hidden_changes,
+    update_resolution,
+    update_sampling,
+)
+from ember.io.mrc import read_map
+from ember.io.particles import ParticleDataSet, check_map_matches
+from ember.jobs.common import select_device, write_job_json
+from ember.jobs.refine_io import (
+    data_table,
+    half_model_from_json,
+    half_model_to_json,
+    model_blocks,
+    write_iteration,
+)
+from ember.maths.fourier import resolution_angstrom, shell_of_resolution
+from ember.maths.symmetry import symmetry_operators
+from ember.operators.filters import lowpass_raised_cosine
+from ember.operators.projector import Projector
+from ember.operators.reconstructor import Reconstructor, join_low_resolution
+from ember.report.plots import plot_angular_distribution, plot_fsc
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Refine3DConfig:
+    """Settings (RELION defaults). Offsets in pixels of the particle box; diameter, resolutions in Å."""
+
+    star: Path
+    reference: Path
+    output: Path
+    particle_diameter_angstrom: float
+    symmetry: str = "C1"
+    ini_high_angstrom: float = 60.0
+    healpix_order: int = 2
+    oversampling: int = 1
+    offset_range_px: float = 5.0
+    offset_step_px: float = 2.0
+    auto_local_healpix_order: int = 4
+    low_resol_join_halves_angstrom: float = 40.0
+    tau2_fudge: float = 1.0
+    sigma_offset_angstrom: float = 10.0
+    perturb: float = 0.5
+    adaptive_fraction: float = 0.999
+    max_iterations: int = 50
+    maxcc: bool = False
+    no_halves: bool = False
+    ctf: bool = True
+    batch_size: int = 64
+    device: str = "cpu"
+    threads: int | None = None
+    seed: int = 0
+    continue_from: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.particle_diameter_angstrom <= 0:
+            raise EmberInputError(None, "--particle_diameter must be > 0 Å", "")
+        if self.offset_step_px <= 0 or self.offset_range_px < 0:
+            raise EmberInputError(None, "--offset_step must be > 0 and --offset_range ≥ 0 (pixels)", "")
+
+
+@dataclass
+class Run:
+    """What the loop carries between iterations."""
+
+    cfg: Refine3DConfig
+    dataset: ParticleDataSet
+    subsets: np.ndarray
+    models: list[HalfModel]
+    state: AutoRefineState
+    results: ParticleResults
+    symmetry: torch.Tensor
+    directions: np.ndarray
+    ave_pmax: float = 0.0
+
+    @property
+    def box(self) -> int:
+        return self.dataset.box
+
+    @property
+    def pixel(self) -> float:
+        return self.dataset.pixel_size
+
+    @property
+    def mask_radius_px(self) -> float:
+        return self.cfg.particle_diameter_angstrom / (2 * self.pixel)
+
+
+def refine3d(cfg: Refine3DConfig, progress=None) -> Path:
+    """Run auto-refinement; returns the path of the final map."""
+    select_device(cfg.device, cfg.threads)
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    run = resume(cfg) if cfg.continue_from else start(cfg)
+    write_job_json(out, "refine3d", cfg)
+    while True:
+        run.state.iteration += 1
+        t0 = time.perf_counter()
+        final = run.state.final
+        iterate(run, progress)
+        logger.info(
+            "iteration %d: resolution %.2f Å, window %d, angular step %.2f°%s, offsets %.1f/%.2f px, "
+            "<Pmax> %.3f, %.0f s", run.state.iteration,
+            resolution_angstrom(run.state.resolution_shell, run.box, run.pixel), run.state.current_size,
+            angular_step_deg(run.state.healpix_order + run.state.oversampling),
+            " (local)" if run.state.sigma_ang_deg else "", run.state.offset_range_px, run.state.offset_step_px,
+            run.ave_pmax, time.perf_counter() - t0,
+        )
+        if final:
+            break
+        if run.state.converged or run.state.iteration >= cfg.max_iterations:
+            run.state.final = True
+    run.dataset.close()
+    return out / "run_class001.mrc"
+
+
+def start(cfg: Refine3DConfig) -> Run:
+    dataset = ParticleDataSet.from_star(cfg.star)
+    ref, ref_pixel = read_map(cfg.reference)
+    check_map_matches(cfg.reference, ref.shape[0], ref_pixel, dataset)
+    n, box, pixel = len(dataset), dataset.box, dataset.pixel_size
+    subsets = split_halves(dataset, cfg.seed)
+    ini_shell = shell_of_resolution(cfg.ini_high_angstrom, box, pixel)
+    reference = lowpass_raised_cosine(torch.from_numpy(ref), ini_shell)
+    symmetry = symmetry_operators(cfg.symmetry)
+    directions = asymmetric_unit(cfg.healpix_order, symmetry)
+    sigma2 = initial_sigma2(dataset, np.arange(min(n, 1000)), cfg.particle_diameter_angstrom / (2 * pixel))
+    pdf = uniform_pdf(cfg.healpix_order, directions)
+    zeros = torch.zeros(box // 2 + 1, dtype=torch.float64)
+    models = [HalfModel(reference.clone(), sigma2.clone(), zeros.clone(), zeros.clone(), zeros.clone(),
+                       cfg.sigma_offset_angstrom, pdf.copy()) for _ in range(2)]
+    results = ParticleResults.empty(n)
+    if all(c in dataset.table.particles for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")):
+        results.angles[:] = dataset.angles_deg()
+    results.offsets_px[:] = dataset.offsets_px()
+    state = AutoRefineState(iteration=0, healpix_order=cfg.healpix_order, oversampling=cfg.oversampling,
+                            offset_range_px=cfg.offset_range_px, offset_step_px=cfg.offset_step_px,
+                            resolution_shell=ini_shell, best_resolution_shell=ini_shell)
+    return Run(cfg, dataset, subsets, models, state, results, symmetry, directions)
+
+
+def split_halves(dataset: ParticleDataSet, seed: int) -> np.ndarray:
+    """rlnRandomSubset from the STAR when every particle has 1 or 2, else a seeded random split."""
+    given = dataset.column("rlnRandomSubset", 0).astype(int)
+    if np.isin(given, (1, 2)).all():
+        return given
+    if (given != 0).any():
+        raise EmberInputError(dataset.star_path, "rlnRandomSubset is set for some particles only",
+                              "set it for all particles or remove the column")
+    order = np.random.default_rng(seed).permutation(len(given))
+    subsets = np.ones(len(given), dtype=int)
+    subsets[order[len(given) // 2 + len(given) % 2 :]] = 2
+    return subsets
+
+
+def uniform_pdf(order: int, directions: np.ndarray) -> np.ndarray:
+    pdf = np.zeros(12 * 4**order)
+    pdf[directions] = 1.0 / len(directions)
+    return pdf
+
+
+def iterate(run: Run, progress=None) -> None:
+    cfg, st = run.cfg, run.state
+    box, pixel = run.box, run.pixel
+    rng = np.random.default_rng([cfg.seed, st.iteration])
+    st.current_size = current_size(st, box, run.ave_pmax)
+    w_c = coarse_size(st.healpix_order, cfg.particle_diameter_angstrom, box, pixel, st.current_size)
+    fine_win = FrequencyWindow.build(box, st.current_size)
+    coarse_win = FrequencyWindow.build(box, w_c if cfg.oversampling > 0 else st.current_size)
+    sampling = SamplingState(st.healpix_order, st.oversampling, st.offset_range_px, st.offset_step_px,
+                             run.directions, st.sigma_ang_deg)
+    old_angles, old_offsets = run.results.angles.copy(), run.results.offsets_px.copy()
+    n_dirs = 12 * 4**st.healpix_order
+    sums = [new_sums(box, n_dirs, r_max=st.current_size // 2) for _ in range(2)]
+    done = 0
+    for h in (0, 1):
+        model = run.models[0 if cfg.no_halves else h]
+        rho = _perturb(model.rho, cfg.perturb, rng)
+        model.rho = rho
+        trans = torch.from_numpy(translation_grid(st.offset_range_px, st.offset_step_px)) + rho * st.offset_step_px
+        settings = EStepSettings(coarse_win, fine_win, trans, st.offset_step_px, st.oversampling, pixel,
+                                 cfg.adaptive_fraction, cfg.maxcc)
+        indices = np.flatnonzero(run.subsets == h + 1)
+
+        def tick(k: int) -> None:
+            nonlocal done
+            done += k
+            if progress:
+                progress(done, len(run.subsets))
+
+        run_expectation(run.dataset, indices, model, sampling, settings, sums[h], run.results,
+                        prior_angles_deg=old_angles, prior_offsets_px=old_offsets, symmetry=run.symmetry,
+                        mask_radius_px=run.mask_radius_px, batch_size=cfg.batch_size, use_ctf=cfg.ctf,
+                        progress=tick)
+    run.ave_pmax = float(run.results.pmax.mean())
+    if st.final:
+        finish(run, sums)
+        return
+    for s in sums:
+        s.reconstructor.prepare(run.symmetry)
+    if not cfg.no_halves:
+        join = shell_of_resolution(max(cfg.low_resol_join_halves_angstrom,
+                                       resolution_angstrom(st.resolution_shell, box, pixel)), box, pixel)
+        join_low_resolution(sums[0].reconstructor, sums[1].reconstructor, join)
+    half_fsc = unregularised_fsc(sums[0].reconstructor, sums[1].reconstructor)
+    update_noise = not cfg.maxcc
+    if cfg.no_halves:
+        joint = _joined(sums, box, st.current_size // 2)
+        m = maximise(run.models[0], joint, half_fsc, tau2_fudge=cfg.tau2_fudge, symmetry=run.symmetry,
+                     mask_radius_px=run.mask_radius_px, update_noise=update_noise)
+        run.models = [m, m]
+    else:
+        run.models = [maximise(run.models[h], sums[h], half_fsc, tau2_fudge=cfg.tau2_fudge, symmetry=run.symmetry,
+                               mask_radius_px=run.mask_radius_px, update_noise=update_noise) for h in (0, 1)]
+    update_resolution(st, half_fsc, cfg.tau2_fudge)
+    _update_sampling(run, old_angles, old_offsets, fine_win, rng)
+    check_convergence(st)
+    write_outputs(run, f"run_it{st.iteration:03d}")
+
+
+def _perturb(rho: float, factor: float, rng: np.random.Generator) -> float:
+    """ρ ← wrap(ρ + U(0.5p, p), [−p, p]) (RELION `resetRandomlyPerturbedSampling`)."""
+    if factor <= 0:
+        return 0.0
+    rho += rng.uniform(0.5 * factor, factor)
+    return float((rho + factor) % (2 * factor) - factor)
+
+
+def _joined(sums, box: int, r_max: int):
+    joint = new_sums(box, len(sums[0].pdf_direction), r_max=r_max)
+    joint.reconstructor = Reconstructor(box, r_max=r_max)
+    joint.reconstructor.add_prepared(sums[0].reconstructor, sums[1].reconstructor)
+    joint.sigma2 = sums[0].sigma2 + sums[1].sigma2
+    joint.n_images = sums[0].n_images + sums[1].n_images
+    joint.offset_sq = sums[0].offset_sq + sums[1].offset_sq
+    joint.pdf_direction = sums[0].pdf_direction + sums[1].pdf_direction
+    return joint
+
+
+def _update_sampling(run: Run, old_angles, old_offsets, fine_win, rng) -> None:
+    st, cfg = run.state, run.cfg
+    changes = angular_changes(old_angles, run.results.angles)
+    offset_change = np.sqrt(((run.results.offsets_px - old_offsets) ** 2).sum(1).mean() / 2)
+    update_hidden_changes(st, float(changes.mean()), float(offset_change))
+    if not cfg.maxcc:
+        sample = rng.choice(len(run.subsets), size=min(100, len(run.subsets)), replace=False)
+        model = run.models[0]
+        projector = Projector.from_volume(model.reference, r_max=fine_win.size // 2)
+        st.acc_rot_deg, st.acc_trans_px = expected_accuracy(
+            projector, model.sigma2_noise, run.dataset, sample, run.results.angles[sample], fine_win, rng, cfg.ctf)
+    if update_sampling(st, float(offset_change), cfg.auto_local_healpix_order):
+        run.directions = asymmetric_unit(st.healpix_order, run.symmetry)
+        for m in run.models:
+            m.pdf_direction = uniform_pdf(st.healpix_order, run.directions)
+
+
+def finish(run: Run, sums) -> None:
+    """Final iteration: FSC of the halves at full window, then one map of all particles."""
+    cfg, box = run.cfg, run.box
+    joint = _joined_before_prepare(sums, box)
+    for s in sums:
+        s.reconstructor.prepare(run.symmetry)
+    half_fsc = unregularised_fsc(sums[0].reconstructor, sums[1].reconstructor)
+    unfil = [s.reconstructor.reconstruct().double() for s in sums]
+    final = maximise(run.models[0], joint, half_fsc, tau2_fudge=cfg.tau2_fudge, symmetry=run.symmetry,
+                     mask_radius_px=None, joined=True, update_noise=not cfg.maxcc)
+    run.state.resolution_shell = _final_shell(half_fsc)
+    run.models = [final, final]
+    write_outputs(run, "run", final_maps={"class001": final.reference, "half1_class001_unfil": unfil[0],
+                                          "half2_class001_unfil": unfil[1]})
+
+
+def _final_shell(fsc: torch.Tensor) -> int:
+    below = torch.nonzero(fsc[1:] < 0.143)
+    return int(below[0, 0]) if len(below) else len(fsc) - 1
+
+
+def _joined_before_prepare(sums, box: int):
+    joint = new_sums(box, len(sums[0].pdf_direction))
+    for s in sums:
+        joint.reconstructor.add(s.reconstructor)
+    joint.sigma2 = sums[0].sigma2 + sums[1].sigma2
+    joint.n_images = sums[0].n_images + sums[1].n_images
+    joint.offset_sq = sums[0].offset_sq + sums[1].offset_sq
+    joint.pdf_direction = sums[0].pdf_direction + sums[1].pdf_direction
+    return joint
+
+
+def write_outputs(run: Run, prefix: str, final_maps: dict | None = None) -> None:
+    out, box, pixel, st = Path(run.cfg.output), run.box, run.pixel, run.state
+    data = data_table(run.dataset.table, run.results, run.subsets, pixel)
+    acc = (st.acc_rot_deg, st.acc_trans_px * pixel)
+    common = dict(box=box, pixel=pixel, ave_pmax=run.ave_pmax, loglik=0.0, acc_rot=acc[0], acc_trans_angstrom=acc[1])
+    if final_maps is None:
+        maps = {f"half{h + 1}_class001": run.models[h].reference for h in (0, 1)}
+        models = {f"half{h + 1}_": model_blocks(run.models[h], st, map_name=f"{prefix}_half{h + 1}_class001.mrc",
+                                                **common) for h in (0, 1)}
+    else:
+        maps = final_maps
+        models = {"": model_blocks(run.models[0], st, map_name="run_class001.mrc", **common)}
+    state = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(run.cfg).items()},
+             "state": st.to_dict(), "ave_pmax": run.ave_pmax, "subsets": run.subsets.tolist(),
+             "models": [half_model_to_json(m) for m in run.models]}
+    write_iteration(out, prefix, maps=maps, pixel=pixel, data=data, models=models, state=state)
+    curves = {"gold-standard FSC (halves)": run.models[0].fsc.numpy()}
+    plot_fsc(out / "fsc.png", curves, box=box, pixel_size=pixel, title=f"{prefix}: half-map FSC")
+    plot_angular_distribution(out / "angular_distribution.png", run.results.angles)
+
+
+def resume(cfg: Refine3DConfig) -> Run:
+    """Rebuild the loop state from a `run_itNNN_state.json` (and its maps and data.star)."""
+    path = Path(cfg.continue_from)
+    if not path.exists():
+        raise EmberInputError(path, "file not found", "give a run_itNNN_state.json written by refine3d")
+    saved = json.loads(path.read_text())
+    prefix = path.name.removesuffix("_state.json")
+    dataset = ParticleDataSet.from_star(path.parent / f"{prefix}_data.star")
+    refs = [torch.from_numpy(read_map(path.parent / f"{prefix}_half{h}_class001.mrc")[0]).double() for h in (1, 2)]
+    models = [half_model_from_json(d, r) for d, r in zip(saved["models"], refs, strict=True)]
+    state = AutoRefineState(**saved["state"])
+    results = ParticleResults.empty(len(dataset))
+    results.angles[:] = dataset.angles_deg()
+    results.offsets_px[:] = dataset.offsets_px()
+    results.pmax[:] = dataset.column("rlnMaxValueProbDistribution", 0.0)
+    symmetry = symmetry_operators(cfg.symmetry)
+    run = Run(cfg, dataset, np.array(saved["subsets"]), models, state, results, symmetry,
+              asymmetric_unit(state.healpix_order, symmetry), saved["ave_pmax"])
+    return run
