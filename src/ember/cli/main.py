@@ -63,13 +63,22 @@ def progress_bar(description: str, quiet: bool = False):
     bar = Progress(*columns, console=console, transient=False)
     task = bar.add_task(description, total=None, rate="")
 
+    last = [0]
+
     def update(done: int, total: int) -> None:
         if not bar.live.is_started:
             bar.start()
+        if done < last[0]:
+            bar.reset(task)
+        last[0] = done
         elapsed = bar.tasks[task].elapsed or 0.0
         rate = f"{done / elapsed:,.0f} particles/s" if elapsed > 0 else ""
         bar.update(task, completed=done, total=total, rate=rate)
 
+    def describe(text: str) -> None:
+        bar.update(task, description=text)
+
+    update.describe = describe
     try:
         yield update
     finally:
@@ -222,6 +231,58 @@ def fsc(
     result = fsc_job(map1, map2, output)
     typer.echo(f"FSC 0.5:   {result.resolution_05:.2f} Å")
     typer.echo(f"FSC 0.143: {result.resolution_0143:.2f} Å")
+
+
+@app.command()
+@handles_errors
+def refine3d(
+    star: Annotated[Path, typer.Option("--i", help="Particle STAR file (RELION 3.0 or 3.1+).")],
+    reference: Annotated[Path, typer.Option("--ref", help="Starting reference map (.mrc), same box and pixel size as the particles.")],
+    output: Annotated[Path, typer.Option("--o", help="Output folder (RELION job layout: run_itNNN_*).")],
+    particle_diameter: Annotated[float, typer.Option("--particle_diameter", help="Particle diameter in Å (soft circular mask and solvent mask).")],
+    sym: Annotated[str, typer.Option("--sym", help="Point group: C1, Cn, Dn, T, O, I.")] = "C1",
+    ini_high: Annotated[float, typer.Option("--ini_high", help="Low-pass the reference to this resolution (Å) first.")] = 60.0,
+    healpix_order: Annotated[int, typer.Option("--healpix_order", help="Initial HEALPix order (2 = 15° coarse, 7.5° after oversampling).")] = 2,
+    oversampling: Annotated[int, typer.Option("--oversampling", help="Adaptive oversampling order (0 = one pass).")] = 1,
+    offset_range: Annotated[float, typer.Option("--offset_range", help="Translation search range in pixels.")] = 5.0,
+    offset_step: Annotated[float, typer.Option("--offset_step", help="Coarse translation step in pixels (fine = step / 2^oversampling).")] = 2.0,
+    auto_local_healpix_order: Annotated[int, typer.Option("--auto_local_healpix_order", help="Switch to local searches from this HEALPix order.")] = 4,
+    low_resol_join_halves: Annotated[float, typer.Option("--low_resol_join_halves", help="Halves share data below this resolution (Å).")] = 40.0,
+    tau2_fudge: Annotated[float, typer.Option("--tau2_fudge", help="Regularisation parameter T.")] = 1.0,
+    maxsig: Annotated[Optional[int], typer.Option("--maxsig", help="At most this many significant coarse samples per image (default: no cap).")] = None,
+    iterations: Annotated[int, typer.Option("--iter", help="Maximum number of iterations before the final one.")] = 50,
+    maxcc: Annotated[bool, typer.Option("--maxcc", help="Conventional baseline: best cross-correlation match, one orientation per image.")] = False,
+    no_halves: Annotated[bool, typer.Option("--no_halves", help="Refine one model from all data (no gold standard).")] = False,
+    no_ctf: Annotated[bool, typer.Option("--no-ctf", help="Ignore the CTF columns.")] = False,
+    continue_from: Annotated[Optional[Path], typer.Option("--continue", help="Resume from a run_itNNN_state.json.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Particles per E-step batch (memory).")] = 64,
+    seed: Seed = 0,
+    device: Device = "cpu",
+    threads: Threads = None,
+    quiet: Quiet = False,
+) -> None:
+    """Gold-standard 3D auto-refinement with marginalisation over orientations and translations.
+
+    Writes run_itNNN_half{1,2}_class001.mrc, run_itNNN_data.star, run_itNNN_half{1,2}_model.star
+    every iteration and run_class001.mrc, run_half{1,2}_class001_unfil.mrc, run_data.star,
+    run_model.star, fsc.png and angular_distribution.png at the end.
+
+    Example: ember refine3d --i particles.star --ref init.mrc --particle_diameter 160 --ini_high 40 --o refine/
+    """
+    from ember.jobs.refine3d import Refine3DConfig
+    from ember.jobs.refine3d import refine3d as run
+
+    cfg = Refine3DConfig(
+        star=star, reference=reference, output=output, particle_diameter_angstrom=particle_diameter, symmetry=sym,
+        ini_high_angstrom=ini_high, healpix_order=healpix_order, oversampling=oversampling,
+        offset_range_px=offset_range, offset_step_px=offset_step, auto_local_healpix_order=auto_local_healpix_order,
+        low_resol_join_halves_angstrom=low_resol_join_halves, tau2_fudge=tau2_fudge, maxsig=maxsig,
+        max_iterations=iterations, maxcc=maxcc, no_halves=no_halves, ctf=not no_ctf, batch_size=batch_size,
+        device=device, threads=threads, seed=seed, continue_from=continue_from,
+    )
+    with progress_bar("refine3d", quiet) as bar:
+        final = run(cfg, bar)
+    console.print(f"wrote {final}")
 
 
 @app.command()

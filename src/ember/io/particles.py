@@ -6,6 +6,7 @@ Stacks are memory-mapped, so memory is bounded by the batch, not by the number o
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,6 +167,13 @@ class ParticleDataSet:
                 "re-extract or remove it from the STAR",
             )
         return out
+
+    def image_names_relative_to(self, folder: str | Path) -> list[str]:
+        """rlnImageName values with stack paths rewritten relative to `folder` (for a STAR written
+        there: Ember reads it from anywhere, RELION when run from that folder)."""
+        folder = Path(folder).resolve()
+        rel = {s: os.path.relpath(self._resolve(s).resolve(), folder) for s in dict.fromkeys(self._stack_of)}
+        return [f"{i + 1:06d}@{rel[s]}" for i, s in zip(self._slices, self._stack_of, strict=True)]
 
     def column(self, name: str, default: float | None = None) -> np.ndarray:
         """A numeric particle column as float64, or `default` everywhere if absent."""

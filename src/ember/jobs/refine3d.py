@@ -76,6 +76,7 @@ class Refine3DConfig:
     perturb: float = 0.5
     adaptive_fraction: float = 0.999
     max_iterations: int = 50
+    maxsig: int | None = None
     maxcc: bool = False
     no_halves: bool = False
     ctf: bool = True
@@ -203,6 +204,10 @@ def iterate(run: Run, progress=None) -> None:
     sampling = SamplingState(st.healpix_order, st.oversampling, st.offset_range_px, st.offset_step_px,
                              run.directions, st.sigma_ang_deg)
     old_angles, old_offsets = run.results.angles.copy(), run.results.offsets_px.copy()
+    if progress is not None and hasattr(progress, "describe"):
+        res = resolution_angstrom(st.resolution_shell, box, pixel)
+        step = angular_step_deg(st.healpix_order + st.oversampling)
+        progress.describe(f"it {st.iteration}{' final' if st.final else ''} · {res:.1f} Å · {step:.2f}°")
     n_dirs = 12 * 4**st.healpix_order
     sums = [new_sums(box, n_dirs, r_max=st.current_size // 2) for _ in range(2)]
     done = 0
@@ -212,7 +217,7 @@ def iterate(run: Run, progress=None) -> None:
         model.rho = rho
         trans = torch.from_numpy(translation_grid(st.offset_range_px, st.offset_step_px)) + rho * st.offset_step_px
         settings = EStepSettings(coarse_win, fine_win, trans, st.offset_step_px, st.oversampling, pixel,
-                                 cfg.adaptive_fraction, cfg.maxcc)
+                                 cfg.adaptive_fraction, cfg.maxcc, cfg.maxsig)
         indices = np.flatnonzero(run.subsets == h + 1)
 
         def tick(k: int) -> None:
@@ -321,7 +326,7 @@ def _joined_before_prepare(sums, box: int):
 
 def write_outputs(run: Run, prefix: str, final_maps: dict | None = None) -> None:
     out, box, pixel, st = Path(run.cfg.output), run.box, run.pixel, run.state
-    data = data_table(run.dataset.table, run.results, run.subsets, pixel)
+    data = data_table(run.dataset.table, run.results, run.subsets, pixel, run.dataset.image_names_relative_to(out))
     acc = (st.acc_rot_deg, st.acc_trans_px * pixel)
     common = dict(box=box, pixel=pixel, ave_pmax=run.ave_pmax, loglik=0.0, acc_rot=acc[0], acc_trans_angstrom=acc[1])
     if final_maps is None:

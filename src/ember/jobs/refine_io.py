@@ -17,10 +17,12 @@ from ember.io.star import ParticleTable, write_particles_star, write_star_blocks
 from ember.maths.fourier import resolution_angstrom
 
 
-def data_table(base: ParticleTable, results: ParticleResults, subsets: np.ndarray, pixel: float) -> ParticleTable:
+def data_table(base: ParticleTable, results: ParticleResults, subsets: np.ndarray, pixel: float,
+               image_names: list[str]) -> ParticleTable:
     """Input columns plus the refined pose and per-particle statistics (RELION labels)."""
     t = base.copy()
     p = t.particles
+    p["rlnImageName"] = image_names
     p["rlnAngleRot"], p["rlnAngleTilt"], p["rlnAnglePsi"] = results.angles.T
     p["rlnOriginXAngst"], p["rlnOriginYAngst"] = (results.offsets_px * pixel).T
     p["rlnClassNumber"] = 1

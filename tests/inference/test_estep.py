@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+import torch
+
+from ember.inference.engine import run_expectation
+from ember.inference.estep import EStepSettings, significance
+from ember.inference.images import FrequencyWindow
+from ember.inference.model import HalfModel, ParticleResults, SamplingState
+from ember.inference.mstep import initial_sigma2, new_sums
+from ember.inference.sampling import asymmetric_unit, translation_grid
+from ember.io.mrc import read_map, write_map
+from ember.io.particles import ParticleDataSet
+from ember.jobs.simulate import SimulateConfig, simulate
+from ember.maths.rotations import angular_distance_deg, euler_to_matrix
+from ember.maths.symmetry import symmetry_operators
+from tests.conftest import blob_volume
+
+
+def test_significance_keeps_smallest_set_holding_the_fraction():
+    w = torch.tensor([[0.5, 0.3, 0.15, 0.05, 0.0], [1.0, 0.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    thr, count = significance(w, 0.9)
+    assert count.tolist() == [3, 1]
+    assert thr.tolist() == [0.15, 1.0]
+    thr, count = significance(w, 0.999)
+    assert count.tolist() == [4, 1]
+
+
+def test_estep_recovers_known_poses_of_clean_images(tmp_path):
+    """Nearly noise-free images of a blob object: the best pose is a grid point within the fine
+    cell (7.5° steps: ≤ ~6.5° away) for most images, offsets within the fine step, sharp posteriors."""
+    n = 32
+    vol = blob_volume(n, blobs=((3.0, -1.0, 5.0, 6.0, 1.0), (-4.0, 4.0, 0.0, 5.0, 0.6), (0.0, -6.0, -3.0, 4.0, 0.8)))
+    write_map(tmp_path / "v.mrc", vol.numpy(), 3.0)
+    star = simulate(SimulateConfig(output=tmp_path / "s", n_particles=12, map_path=tmp_path / "v.mrc", snr=5.0,
+                                   max_offset_px=2.0, seed=4))
+    ds = ParticleDataSet.from_star(star)
+    truth_angles, truth_offsets = ds.angles_deg(), ds.offsets_px()
+    ref = torch.from_numpy(read_map(star.parent / "truth.mrc")[0]).double()
+    sigma2 = initial_sigma2(ds, np.arange(len(ds)), 14.0)
+    dirs = asymmetric_unit(2, symmetry_operators("C1"))
+    pdf = np.zeros(192)
+    pdf[dirs] = 1 / len(dirs)
+    zeros = torch.zeros(n // 2 + 1, dtype=torch.float64)
+    model = HalfModel(ref, sigma2, zeros, zeros, zeros, 10.0, pdf)
+    sampling = SamplingState(2, 1, 3.0, 1.0, dirs)
+    win = FrequencyWindow.build(n, n)
+    st = EStepSettings(win, win, torch.from_numpy(translation_grid(3.0, 1.0)), 1.0, 1, 3.0)
+    sums = new_sums(n, 192)
+    res = ParticleResults.empty(len(ds))
+    run_expectation(ds, np.arange(len(ds)), model, sampling, st, sums, res, prior_angles_deg=np.zeros((12, 3)),
+                    prior_offsets_px=np.zeros((12, 2)), symmetry=symmetry_operators("C1"), mask_radius_px=14.0)
+    err = angular_distance_deg(euler_to_matrix(torch.from_numpy(res.angles)),
+                               euler_to_matrix(torch.from_numpy(truth_angles)))
+    assert np.median(err.numpy()) < 6.5
+    assert np.median(np.abs(res.offsets_px - truth_offsets)) < 0.5
+    assert res.pmax.mean() > 0.5
+    assert sums.n_images == pytest.approx(12, rel=1e-3)
