@@ -11,7 +11,8 @@ direction statistics.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -54,6 +55,31 @@ class EStepSettings:
     adaptive_fraction: float = 0.999
     maxcc: bool = False
     maxsig: int | None = None
+
+
+@dataclass
+class GemmStats:
+    """Optional accounting of the cross-term matrix products (benchmarks switch it on)."""
+
+    enabled: bool = False
+    flops: float = 0.0
+    seconds: float = 0.0
+    shapes: list = field(default_factory=list)
+
+
+GEMM_STATS = GemmStats()
+
+
+def _gemm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b, timed into GEMM_STATS when enabled."""
+    if not GEMM_STATS.enabled:
+        return a @ b
+    start = time.perf_counter()
+    out = a @ b
+    GEMM_STATS.seconds += time.perf_counter() - start
+    GEMM_STATS.flops += 2.0 * a.numel() * b.shape[-1]
+    GEMM_STATS.shapes.append((tuple(a.shape), tuple(b.shape)))
+    return out
 
 
 def phases(window: FrequencyWindow, shifts_px: torch.Tensor, box: int) -> torch.Tensor:
@@ -105,7 +131,7 @@ def _score_coarse(
     p2 = torch.abs(proj_c) ** 2  # (U, K)
     wc2 = (w * c * c).to(torch.float32)  # (B, K)
     if cand.per_image is None:
-        cross = a @ _real_cat(proj_c).T  # (B, T, R): one GEMM
+        cross = _gemm(a, _real_cat(proj_c).T)  # (B, T, R): one GEMM
         term1 = wc2 @ p2.to(torch.float32).T  # (B, R)
     else:
         idx = cand.per_image.clamp(min=0)
@@ -428,7 +454,7 @@ def _dense_fine(batch, model, st, significant, prior_t, cand, grid: FineGrid, su
         g = torch.arange(g0, min(n_b, g0 + group))
         y = x[g][:, None, :] * shifts[None]  # (G, T4, K)
         a = _real_cat(y * (w * c[g])[:, None, :]).reshape(-1, 2 * len(w))
-        cross = (a @ p_real.T).reshape(len(g), n_t4, n_f)
+        cross = _gemm(a, p_real.T).reshape(len(g), n_t4, n_f)
         term1 = (w * c[g] ** 2).to(torch.float32) @ p_abs2.T  # (G, R_f)
         term2 = (w * x[g].abs() ** 2).sum(dim=1).to(torch.float32)
         if st.maxcc:
