@@ -49,7 +49,7 @@ from ember.maths.fourier import resolution_angstrom, shell_of_resolution
 from ember.maths.symmetry import symmetry_operators
 from ember.operators.filters import lowpass_raised_cosine
 from ember.operators.projector import Projector
-from ember.operators.reconstructor import Reconstructor, join_low_resolution
+from ember.operators.reconstructor import join_low_resolution
 from ember.report.plots import plot_angular_distribution, plot_fsc
 
 logger = logging.getLogger(__name__)
@@ -264,10 +264,15 @@ def _perturb(rho: float, factor: float, rng: np.random.Generator) -> float:
     return float((rho + factor) % (2 * factor) - factor)
 
 
-def _joined(sums, box: int, r_max: int):
+def _joined(sums, box: int, r_max: int | None = None, *, prepared: bool = True):
+    """Sums of both halves: prepared reconstructors are added as data/weight, unprepared ones
+    as raw accumulators (the final iteration joins before symmetrising)."""
     joint = new_sums(box, len(sums[0].pdf_direction), r_max=r_max)
-    joint.reconstructor = Reconstructor(box, r_max=r_max)
-    joint.reconstructor.add_prepared(sums[0].reconstructor, sums[1].reconstructor)
+    if prepared:
+        joint.reconstructor.add_prepared(sums[0].reconstructor, sums[1].reconstructor)
+    else:
+        for s in sums:
+            joint.reconstructor.add(s.reconstructor)
     joint.sigma2 = sums[0].sigma2 + sums[1].sigma2
     joint.n_images = sums[0].n_images + sums[1].n_images
     joint.offset_sq = sums[0].offset_sq + sums[1].offset_sq
@@ -295,7 +300,7 @@ def _update_sampling(run: Run, old_angles, old_offsets, fine_win, rng) -> None:
 def finish(run: Run, sums) -> None:
     """Final iteration: FSC of the halves at full window, then one map of all particles."""
     cfg, box = run.cfg, run.box
-    joint = _joined_before_prepare(sums, box)
+    joint = _joined(sums, box, prepared=False)
     for s in sums:
         s.reconstructor.prepare(run.symmetry)
     half_fsc = unregularised_fsc(sums[0].reconstructor, sums[1].reconstructor)
@@ -311,17 +316,6 @@ def finish(run: Run, sums) -> None:
 def _final_shell(fsc: torch.Tensor) -> int:
     below = torch.nonzero(fsc[1:] < 0.143)
     return int(below[0, 0]) if len(below) else len(fsc) - 1
-
-
-def _joined_before_prepare(sums, box: int):
-    joint = new_sums(box, len(sums[0].pdf_direction))
-    for s in sums:
-        joint.reconstructor.add(s.reconstructor)
-    joint.sigma2 = sums[0].sigma2 + sums[1].sigma2
-    joint.n_images = sums[0].n_images + sums[1].n_images
-    joint.offset_sq = sums[0].offset_sq + sums[1].offset_sq
-    joint.pdf_direction = sums[0].pdf_direction + sums[1].pdf_direction
-    return joint
 
 
 def write_outputs(run: Run, prefix: str, final_maps: dict | None = None) -> None:
