@@ -186,7 +186,8 @@ def expectation(
     diff2 = _score_coarse(batch, model, cand, proj_c, st, box)  # (B, T, Rb)
     prior_t = _offset_log_prior(batch, st.translations_px, model, st.pixel_size)  # (B, T)
     prior_r = cand.log_prior if cand.per_image is not None else cand.log_prior[None].expand(n_b, -1)
-    log_w = -diff2 + prior_t[:, :, None] + prior_r[:, None, :]
+    # maxCC (classical projection matching) ranks by correlation alone, without priors
+    log_w = -diff2 if st.maxcc else -diff2 + prior_t[:, :, None] + prior_r[:, None, :]
     if cand.per_image is not None:
         log_w = torch.where((cand.per_image < 0)[:, None, :], torch.full_like(log_w, -torch.inf), log_w)
     w1 = _weights(log_w.reshape(n_b, -1), st.maxcc)
@@ -270,11 +271,13 @@ def _fine_pass(batch, model, projector, cand, st, sig_b, sig_t, sig_r, prior_t, 
             diff2[sl] = -cross / (torch.sqrt(term1.clamp(min=1e-30)) * torch.sqrt(term2_b[b])[:, None, None])
         else:
             diff2[sl] = term1 - 2 * cross + term2_b[b][:, None, None]
-    log_w = -diff2 + prior_t[sig_b, sig_t][:, None, None]
-    if cand.per_image is None:
-        log_w = log_w + cand.log_prior[sig_r][:, None, None]
-    else:
-        log_w = log_w + _per_image_prior(cand, sig_b, sig_r)[:, None, None]
+    log_w = -diff2
+    if not st.maxcc:
+        log_w = log_w + prior_t[sig_b, sig_t][:, None, None]
+        if cand.per_image is None:
+            log_w = log_w + cand.log_prior[sig_r][:, None, None]
+        else:
+            log_w = log_w + _per_image_prior(cand, sig_b, sig_r)[:, None, None]
     weight, log_sum = _segment_weights(log_w, sig_b, len(batch.indices), st)
     direction = torch.from_numpy(cand.table.direction)[sig_r]
     return FineSamples(sig_b, sig_t, rows, t_fine, weight, mats, proj, direction, log_sum)
@@ -461,7 +464,9 @@ def _dense_fine(batch, model, st, significant, prior_t, cand, grid: FineGrid, su
             diff2 = -cross / (torch.sqrt(term1.clamp(min=1e-30))[:, None, :] * torch.sqrt(term2)[:, None, None])
         else:
             diff2 = term1[:, None, :] - 2 * cross + term2[:, None, None]
-        log_w = -diff2 + prior_t[g][:, t_parent].to(torch.float32)[:, :, None] + log_prior_r[None, None, :]
+        log_w = -diff2
+        if not st.maxcc:
+            log_w = log_w + prior_t[g][:, t_parent].to(torch.float32)[:, :, None] + log_prior_r[None, None, :]
         allowed = significant[g][:, t_parent][:, :, grid.parent]
         log_w = torch.where(allowed, log_w, torch.full_like(log_w, -torch.inf))
         flat = log_w.reshape(len(g), -1)
