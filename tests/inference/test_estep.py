@@ -25,7 +25,8 @@ def test_significance_keeps_smallest_set_holding_the_fraction():
     assert count.tolist() == [4, 1]
 
 
-def test_estep_recovers_known_poses_of_clean_images(tmp_path):
+@pytest.mark.parametrize("maxcc", [False, True])
+def test_estep_recovers_known_poses_of_clean_images(tmp_path, maxcc):
     """Nearly noise-free images of a blob object: the best pose is a grid point within the fine
     cell (7.5° steps: ≤ ~6.5° away) for most images, offsets within the fine step, sharp posteriors."""
     n = 32
@@ -44,7 +45,7 @@ def test_estep_recovers_known_poses_of_clean_images(tmp_path):
     model = HalfModel(ref, sigma2, zeros, zeros, zeros, 10.0, pdf)
     sampling = SamplingState(2, 1, 3.0, 1.0, dirs)
     win = FrequencyWindow.build(n, n)
-    st = EStepSettings(win, win, torch.from_numpy(translation_grid(3.0, 1.0)), 1.0, 1, 3.0)
+    st = EStepSettings(win, win, torch.from_numpy(translation_grid(3.0, 1.0)), 1.0, 1, 3.0, maxcc=maxcc)
     sums = new_sums(n, 192)
     res = ParticleResults.empty(len(ds))
     run_expectation(ds, np.arange(len(ds)), model, sampling, st, sums, res, prior_angles_deg=np.zeros((12, 3)),
@@ -54,4 +55,7 @@ def test_estep_recovers_known_poses_of_clean_images(tmp_path):
     assert np.median(err.numpy()) < 6.5
     assert np.median(np.abs(res.offsets_px - truth_offsets)) < 0.5
     assert res.pmax.mean() > 0.5
-    assert sums.n_images == pytest.approx(12, rel=1e-3)
+    if maxcc:  # hard assignment: one sample per image, σ² sums untouched
+        assert (res.pmax == 1).all() and sums.n_images == 0
+    else:
+        assert sums.n_images == pytest.approx(12, rel=1e-3)
