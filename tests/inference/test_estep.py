@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -8,12 +10,13 @@ from ember.inference.images import FrequencyWindow
 from ember.inference.model import HalfModel, ParticleResults, SamplingState
 from ember.inference.mstep import initial_sigma2, new_sums
 from ember.inference.sampling import asymmetric_unit, translation_grid
-from ember.io.mrc import read_map, write_map
+from ember.io.mrc import read_map
 from ember.io.particles import ParticleDataSet
 from ember.jobs.simulate import SimulateConfig, simulate
 from ember.maths.rotations import angular_distance_deg, euler_to_matrix
 from ember.maths.symmetry import symmetry_operators
-from tests.conftest import blob_volume
+
+MODEL = Path(__file__).parents[2] / "src" / "ember" / "data" / "1ake.cif"
 
 
 def test_significance_keeps_smallest_set_holding_the_fraction():
@@ -27,13 +30,11 @@ def test_significance_keeps_smallest_set_holding_the_fraction():
 
 @pytest.mark.parametrize("maxcc", [False, True])
 def test_estep_recovers_known_poses_of_clean_images(tmp_path, maxcc):
-    """Nearly noise-free images of a blob object: the best pose is a grid point within the fine
-    cell (7.5° steps: ≤ ~6.5° away) for most images, offsets within the fine step, sharp posteriors."""
+    """Nearly noise-free images of 1AKE: the best pose is a grid point within one fine step (7.5°)
+    for most images, offsets within the fine step, sharp posteriors (Bayesian and maxCC)."""
     n = 32
-    vol = blob_volume(n, blobs=((3.0, -1.0, 5.0, 6.0, 1.0), (-4.0, 4.0, 0.0, 5.0, 0.6), (0.0, -6.0, -3.0, 4.0, 0.8)))
-    write_map(tmp_path / "v.mrc", vol.numpy(), 3.0)
-    star = simulate(SimulateConfig(output=tmp_path / "s", n_particles=12, map_path=tmp_path / "v.mrc", snr=5.0,
-                                   max_offset_px=2.0, seed=4))
+    star = simulate(SimulateConfig(output=tmp_path / "s", n_particles=12, model_path=MODEL, box=n, pixel_size=2.5,
+                                   snr=5.0, max_offset_px=2.0, seed=4))
     ds = ParticleDataSet.from_star(star)
     truth_angles, truth_offsets = ds.angles_deg(), ds.offsets_px()
     ref = torch.from_numpy(read_map(star.parent / "truth.mrc")[0]).double()
@@ -45,14 +46,14 @@ def test_estep_recovers_known_poses_of_clean_images(tmp_path, maxcc):
     model = HalfModel(ref, sigma2, zeros, zeros, zeros, 10.0, pdf)
     sampling = SamplingState(2, 1, 3.0, 1.0, dirs)
     win = FrequencyWindow.build(n, n)
-    st = EStepSettings(win, win, torch.from_numpy(translation_grid(3.0, 1.0)), 1.0, 1, 3.0, maxcc=maxcc)
+    st = EStepSettings(win, win, torch.from_numpy(translation_grid(3.0, 1.0)), 1.0, 1, 2.5, maxcc=maxcc)
     sums = new_sums(n, 192)
     res = ParticleResults.empty(len(ds))
     run_expectation(ds, np.arange(len(ds)), model, sampling, st, sums, res, prior_angles_deg=np.zeros((12, 3)),
                     prior_offsets_px=np.zeros((12, 2)), symmetry=symmetry_operators("C1"), mask_radius_px=14.0)
     err = angular_distance_deg(euler_to_matrix(torch.from_numpy(res.angles)),
                                euler_to_matrix(torch.from_numpy(truth_angles)))
-    assert np.median(err.numpy()) < 6.5
+    assert np.median(err.numpy()) < 7.5
     assert np.median(np.abs(res.offsets_px - truth_offsets)) < 0.5
     assert res.pmax.mean() > 0.5
     if maxcc:  # hard assignment: one sample per image, σ² sums untouched
