@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ember.io.particles import ParticleDataSet
-from ember.maths.fourier import fft2_centered, rfft_frequencies_2d, shell_index
+from ember.maths.fourier import fft2_centered, hermitian_unique_mask_2d, rfft_frequencies_2d, shell_index
 from ember.operators.ctf import particle_ctfs
 from ember.operators.masks import soft_sphere
 
@@ -31,7 +31,7 @@ class FrequencyWindow:
     def build(cls, box: int, size: int, device=None) -> FrequencyWindow:
         k = rfft_frequencies_2d(box, device=device)
         shells = shell_index(k)
-        keep = (shells <= size // 2) & ~((k[..., 0] == 0) & (k[..., 1] < 0))
+        keep = (shells <= size // 2) & hermitian_unique_mask_2d(box, device=device)
         flat = torch.nonzero(keep.reshape(-1)).squeeze(1)
         return cls(size, flat, k.reshape(-1, 2)[flat].to(torch.float64), shells.reshape(-1)[flat])
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ember.maths.fourier import rfft_frequencies_2d, shell_index
+from ember.maths.fourier import hermitian_unique_mask_2d, rfft_frequencies_2d, shell_index
 from ember.operators.interpolation import (
     centred_to_half,
     fold_periodic,
@@ -65,7 +65,7 @@ class Reconstructor:
         n = self.box
         k2d = rfft_frequencies_2d(n, device=self.device)
         keep = shell_index(k2d) <= self.r_max
-        keep &= ~((k2d[..., 0] == 0) & (k2d[..., 1] < 0))  # Hermitian mates of ky > 0
+        keep &= hermitian_unique_mask_2d(n, device=self.device)  # drop the mates of ky > 0
         self.insert_frequencies(ctf_images[:, keep], ctf2[:, keep], rotations, k2d[keep])
 
     def insert_frequencies(
