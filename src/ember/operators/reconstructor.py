@@ -37,6 +37,7 @@ class Reconstructor:
         self.data = torch.zeros(0, dtype=torch.complex128, device=device)
         self.weight = torch.zeros(0, dtype=torch.float64, device=device)
         self._prepared = False
+        self._shells: torch.Tensor | None = None
 
     @property
     def device(self) -> torch.device:
@@ -125,8 +126,10 @@ class Reconstructor:
         return data, weight
 
     def shells(self) -> torch.Tensor:
-        """(P+1, P+1, P//2+1) long: model shell ROUND(|p|/pad) of every voxel."""
-        return shell_index(self._voxel_frequencies() / self.pad)
+        """(P+1, P+1, P//2+1) long: model shell ROUND(|p|/pad) of every voxel (computed once)."""
+        if self._shells is None:
+            self._shells = shell_index(self._voxel_frequencies() / self.pad)
+        return self._shells
 
     def sigma2_ref(self) -> torch.Tensor:
         """(N//2+1,) count / Σ(ω·weight) per shell (RELION rlnReferenceSigma2)."""
