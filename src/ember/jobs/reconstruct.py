@@ -44,7 +44,6 @@ class ReconstructConfig:
     batch_size: int = 128
     device: str = "cpu"
     threads: int | None = None
-    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.subset not in (None, 1, 2):

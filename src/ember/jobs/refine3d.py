@@ -89,6 +89,9 @@ class Refine3DConfig:
     def __post_init__(self) -> None:
         if self.particle_diameter_angstrom <= 0:
             raise EmberInputError(None, "--particle_diameter must be > 0 Å", "")
+        if self.device != "cpu":
+            raise EmberInputError(None, "refine3d runs on the CPU for now (only reconstruct takes cuda)",
+                                  "use --device cpu")
         if self.offset_step_px <= 0 or self.offset_range_px < 0:
             raise EmberInputError(None, "--offset_step must be > 0 and --offset_range ≥ 0 (pixels)", "")
 
@@ -322,7 +325,8 @@ def write_outputs(run: Run, prefix: str, final_maps: dict | None = None) -> None
     out, box, pixel, st = Path(run.cfg.output), run.box, run.pixel, run.state
     data = data_table(run.dataset.table, run.results, run.subsets, pixel, run.dataset.image_names_relative_to(out))
     acc = (st.acc_rot_deg, st.acc_trans_px * pixel)
-    common = dict(box=box, pixel=pixel, ave_pmax=run.ave_pmax, loglik=0.0, acc_rot=acc[0], acc_trans_angstrom=acc[1])
+    common = dict(box=box, pixel=pixel, ave_pmax=run.ave_pmax, loglik=float(run.results.loglik.sum()),
+                  acc_rot=acc[0], acc_trans_angstrom=acc[1])
     if final_maps is None:
         maps = {f"half{h + 1}_class001": run.models[h].reference for h in (0, 1)}
         models = {f"half{h + 1}_": model_blocks(run.models[h], st, map_name=f"{prefix}_half{h + 1}_class001.mrc",
