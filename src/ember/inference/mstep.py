@@ -7,9 +7,8 @@ import torch
 
 from ember.inference.images import FrequencyWindow, npix_per_shell, prepare_batch
 from ember.inference.model import HalfModel, Sums
-from ember.maths.fsc import fsc
 from ember.operators.masks import soft_sphere
-from ember.operators.reconstructor import Reconstructor, tau2_from_fsc
+from ember.operators.reconstructor import Reconstructor, half_set_fsc, tau2_from_fsc
 
 MIN_SIGMA2_OFFSET = 2.0  # Å², RELION --min_sigma2_offset
 
@@ -20,8 +19,9 @@ def new_sums(box: int, n_directions: int, *, pad: int = 2, r_max: int | None = N
 
 
 def unregularised_fsc(first: Reconstructor, second: Reconstructor) -> torch.Tensor:
-    """FSC of the two halves' prior-free reconstructions (before solvent flattening)."""
-    return fsc(first.reconstruct().double(), second.reconstruct().double())
+    """Gold-standard FSC of the halves' data/weight averages, before solvent flattening; 0 beyond
+    the shells the E-step filled (ALGORITHM §5.4)."""
+    return half_set_fsc(first, second)
 
 
 def solvent_mask(box: int, radius_px: float, edge_px: float = 5.0) -> torch.Tensor:

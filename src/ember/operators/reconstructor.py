@@ -131,6 +131,31 @@ class Reconstructor:
             self._shells = shell_index(self._voxel_frequencies() / self.pad)
         return self._shells
 
+    def downsampled_average(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Σdata/Σweight over the padded voxels of each N-grid voxel ROUND(p/pad) (0 where no weight)
+        → (values (M,) complex128, shells (M,) long) over the M = (N+1)²(N/2+1) voxels of the
+        centred N-grid half volume."""
+        self.prepare()
+        n, size = self.box, self.pad * self.box
+        p = self._voxel_frequencies()[:size, :size]  # drop the repeated ±P/2 planes
+        q = torch.floor(p / self.pad + 0.5).long()  # N-grid voxel (x ≥ 0, y, z centred)
+        shells = self.shells()[:size, :size]
+        keep = shells <= n // 2
+        side = n + 1
+        bins = ((q[..., 2] + n // 2) * side + q[..., 1] + n // 2) * (n // 2 + 1) + q[..., 0]
+        bins = bins[keep]
+        m = side * side * (n // 2 + 1)
+        data = torch.zeros(m, dtype=torch.complex128, device=self.device)
+        data.index_add_(0, bins, self.data[:size, :size][keep])
+        weight = torch.zeros(m, dtype=torch.float64, device=self.device)
+        weight.index_add_(0, bins, self.weight[:size, :size][keep])
+        every = torch.arange(m, device=self.device)
+        x = every % (n // 2 + 1)
+        y = (every // (n // 2 + 1)) % side - n // 2
+        z = every // ((n // 2 + 1) * side) - n // 2
+        avg = torch.where(weight > 0, data / weight.clamp(min=1e-300), torch.zeros_like(data))
+        return avg, shell_index(torch.stack([x, y, z], dim=-1))
+
     def sigma2_ref(self) -> torch.Tensor:
         """(N//2+1,) count / Σ(ω·weight) per shell (RELION rlnReferenceSigma2)."""
         n_shells = self.box // 2 + 1
@@ -191,6 +216,30 @@ class Reconstructor:
         vol = soft_mask_outside(vol, n / 2, 5.0)
         vol = vol / gridding_kernel(n, pad, device=vol.device)
         return vol.to(torch.float32)
+
+
+def half_set_fsc(first: Reconstructor, second: Reconstructor) -> torch.Tensor:
+    """Gold-standard FSC of two prepared half reconstructors → (N//2+1,) float64 (RELION
+    `getDownsampledAverage` + `calculateDownSampledFourierShellCorrelation`, ALGORITHM §5.4).
+
+    Data and weight are summed into N-grid voxels ROUND(p/pad), divided, and correlated per
+    shell; only shells ≤ r_max (where the E-step put data) count, the rest are 0; FSC(0) = 1."""
+    r_max = min(first.r_max, second.r_max)
+    n_shells = first.box // 2 + 1
+    avg1, shells = first.downsampled_average()
+    avg2, _ = second.downsampled_average()
+    keep = shells < n_shells
+    avg1, avg2, shells = avg1[keep], avg2[keep], shells[keep]
+
+    def per_shell(v: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(n_shells, dtype=torch.float64, device=v.device).index_add_(0, shells, v)
+
+    num = per_shell((avg1 * avg2.conj()).real)
+    den = torch.sqrt(per_shell(avg1.abs() ** 2) * per_shell(avg2.abs() ** 2))
+    out = torch.where(den > 1e-50, num / den.clamp(min=1e-300), torch.zeros_like(num))
+    out[r_max + 1 :] = 0.0
+    out[0] = 1.0
+    return out
 
 
 def tau2_from_fsc(
