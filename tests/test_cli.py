@@ -1,26 +1,58 @@
 """The CLI in-process: help, one-line errors with exit code 2, nothing written on failure."""
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import starfile
+import torch
+from matplotlib.image import imread
 from typer.testing import CliRunner
 
 from ember.cli.main import app
-from ember.io.mrc import write_map
+from ember.io.mrc import read_map, write_map
 from ember.io.star import read_particles_star, write_particles_star
+from ember.maths.fsc import fsc, resolution_shell
 from tests.conftest import blob_volume
 
 runner = CliRunner()
 
 
-def test_help_lists_jobs_and_units():
-    out = runner.invoke(app, ["--help"]).output
-    for job in ("simulate", "reconstruct", "fsc", "demo"):
-        assert job in out
-    assert "µm" in runner.invoke(app, ["simulate", "--help"], terminal_width=200).output
-    assert "Å" in runner.invoke(app, ["reconstruct", "--help"], terminal_width=200).output
+BAD_CALLS = {
+    "simulate": (["--map", "{d}/missing.mrc", "--n", "5", "--o", "{d}/out"], "missing.mrc"),
+    "reconstruct": (["--i", "{d}/missing.star", "--o", "{d}/out"], "missing.star"),
+    "fsc": (["{d}/missing.mrc", "{d}/missing2.mrc", "--o", "{d}/out"], "missing.mrc"),
+    "refine3d": (["--i", "{d}/missing.star", "--ref", "{d}/r.mrc", "--o", "{d}/out", "--particle_diameter", "100"],
+                 "missing.star"),
+    "demo": (["--n", "0", "--o", "{d}/out", "-q"], "--n must be"),
+}
+
+
+def test_every_command_has_a_bad_call_case():
+    """Each command registered on the app is covered by the clean-failure test below."""
+    assert sorted(c.name or c.callback.__name__ for c in app.registered_commands) == sorted(BAD_CALLS)
+
+
+@pytest.mark.parametrize("command", list(BAD_CALLS))
+def test_command_help_and_clean_failure(command, tmp_path):
+    """`ember CMD --help` exits 0 with the command's usage; a bad input exits 2 with one line naming
+    the problem and writes nothing."""
+    res = runner.invoke(app, [command, "--help"], prog_name="ember")
+    assert res.exit_code == 0 and f"Usage: ember {command} " in res.output, res.output
+    args, match = BAD_CALLS[command]
+    expect_clean_failure([command, *(a.format(d=tmp_path) for a in args)], match, tmp_path / "out")
+
+
+def test_defocus_option_is_in_micrometres(tmp_path):
+    """--defocus 1.5 1.5 µm with no astigmatism writes rlnDefocusU = rlnDefocusV = 15000 Å."""
+    write_map(tmp_path / "blob.mrc", blob_volume(16).numpy(), 2.0)
+    args = ["simulate", "--map", str(tmp_path / "blob.mrc"), "--n", "3", "--defocus", "1.5", "1.5",
+            "--astigmatism", "0", "--o", str(tmp_path / "s"), "-q"]
+    assert runner.invoke(app, args).exit_code == 0
+    t = read_particles_star(tmp_path / "s" / "particles.star").particles
+    np.testing.assert_allclose(t[["rlnDefocusU", "rlnDefocusV"]].to_numpy(), 15000.0)
 
 
 @pytest.fixture
@@ -55,12 +87,48 @@ def expect_clean_failure(args, match, out_path: Path):
 
 
 def test_reconstruct_and_fsc_work(dataset, tmp_path):
+    """reconstruct → fsc: fsc.star holds the FSC of the two maps and the printed resolutions are
+    where that curve crosses 0.5 and 0.143."""
     out = tmp_path / "rec.mrc"
     res = runner.invoke(app, ["reconstruct", "--i", str(dataset), "--o", str(out), "-q"])
     assert res.exit_code == 0, res.output
-    res = runner.invoke(app, ["fsc", str(out), str(dataset.parent / "truth.mrc"), "--o", str(tmp_path / "f")])
-    assert res.exit_code == 0 and "FSC 0.143" in res.output
-    assert (tmp_path / "f" / "fsc.star").exists() and (tmp_path / "f" / "fsc.png").stat().st_size > 1000
+    truth = dataset.parent / "truth.mrc"
+    res = runner.invoke(app, ["fsc", str(out), str(truth), "--o", str(tmp_path / "f")])
+    assert res.exit_code == 0, res.output
+    (rec, pixel), (ref, _) = read_map(out), read_map(truth)
+    curve = fsc(torch.from_numpy(rec).double(), torch.from_numpy(ref).double())
+    table = starfile.read(tmp_path / "f" / "fsc.star")
+    table = table["fsc"] if isinstance(table, dict) else table
+    np.testing.assert_allclose(table["rlnFourierShellCorrelation"], curve.numpy(), atol=1e-5)
+    printed = dict(re.findall(r"FSC (0\.5|0\.143):\s+([\d.]+) Å", res.output))
+    for threshold in ("0.5", "0.143"):
+        expected = 16 * pixel / resolution_shell(curve, float(threshold))
+        assert float(printed[threshold]) == pytest.approx(expected, abs=0.01)
+    png = imread(tmp_path / "f" / "fsc.png")
+    assert png.ndim == 3 and png.std() > 0.01  # a decodable, non-blank plot
+
+
+def test_fsc_command_prints_where_the_curve_crosses(tmp_path):
+    """Two maps sharing a signal whose SSNR falls gradually, (9.5/i)⁴: the FSC crosses 0.5 near
+    shell 9.5 and 0.143 (SSNR 1/6) near 14.9, and the printed resolutions are N·a/i there."""
+    n, pixel = 32, 1.5
+    rng = np.random.default_rng(0)
+    k = np.fft.fftfreq(n, 1 / n)
+    gz, gy, gx = np.meshgrid(k, k, np.arange(n // 2 + 1), indexing="ij")
+    shell = np.maximum(np.floor(np.sqrt(gx**2 + gy**2 + gz**2) + 0.5), 1)
+    signal = np.fft.irfftn(np.fft.rfftn(rng.standard_normal((n, n, n))) * (9.5 / shell) ** 2, s=(n, n, n),
+                          axes=(0, 1, 2))
+    maps = [signal + rng.standard_normal((n, n, n)) for _ in range(2)]
+    for name, m in zip(("a.mrc", "b.mrc"), maps, strict=True):
+        write_map(tmp_path / name, m.astype(np.float32), pixel)
+    res = runner.invoke(app, ["fsc", str(tmp_path / "a.mrc"), str(tmp_path / "b.mrc")])
+    assert res.exit_code == 0, res.output
+    curve = fsc(*(torch.from_numpy(m.astype(np.float32)).double() for m in maps))
+    i05, i0143 = resolution_shell(curve, 0.5), resolution_shell(curve, 0.143)
+    assert 8 <= i05 <= 10 and 13 <= i0143 <= 15
+    printed = dict(re.findall(r"FSC (0\.5|0\.143):\s+([\d.]+) Å", res.output))
+    assert float(printed["0.5"]) == pytest.approx(n * pixel / i05, abs=0.01)
+    assert float(printed["0.143"]) == pytest.approx(n * pixel / i0143, abs=0.01)
 
 
 def test_truncated_stack(dataset, tmp_path):

@@ -1,9 +1,13 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from ember.operators.ctf import CtfOptics, ctf_2d, ctf_from_frequencies, electron_wavelength_angstrom
+from ember.errors import EmberInputError
+from ember.io.particles import ParticleDataSet
+from ember.operators.ctf import CtfOptics, ctf_2d, ctf_from_frequencies, electron_wavelength_angstrom, particle_ctfs
+from tests.io.test_particles import make_two_groups
 
 OPTICS = CtfOptics(voltage_kv=300.0, cs_mm=2.7, amplitude_contrast=0.1)
 
@@ -72,3 +76,49 @@ def test_grid_shape_batch_and_clamp():
     assert c.shape == (2, 32, 17)
     assert float(c[0, 0, 0]) == pytest.approx(0.1, abs=1e-6)
     assert c.abs().min() >= 1e-8
+
+
+def test_per_particle_optics_tensors_match_one_group_at_a_time():
+    du = torch.tensor([1.2e4, 2.5e4, 1.8e4], dtype=torch.float64)
+    groups = [CtfOptics(300.0, 2.7, 0.1), CtfOptics(200.0, 2.0, 0.07), CtfOptics(120.0, 0.01, 0.2)]
+    mixed = CtfOptics(
+        *(
+            torch.tensor([getattr(o, f) for o in groups], dtype=torch.float64)
+            for f in ("voltage_kv", "cs_mm", "amplitude_contrast")
+        )
+    )
+    params = dict(defocus_u_angstrom=du, defocus_v_angstrom=du - 500, defocus_angle_deg=torch.tensor([0.0, 30.0, 70.0]))
+    both = ctf_2d(24, 1.5, optics=mixed, dtype=torch.float64, **params)
+    for b, o in enumerate(groups):
+        one = ctf_2d(24, 1.5, optics=o, dtype=torch.float64, **{k: v[b : b + 1] for k, v in params.items()})
+        torch.testing.assert_close(both[b], one[0], rtol=0, atol=1e-12)
+
+
+def test_particle_ctfs_use_each_particles_optics_group(tmp_path):
+    """Particle 0 is in group 1 (300 kV, Cs 2.7, Q0 0.1), particle 1 in group 2 (200 kV, 2.0, 0.07)."""
+    ds = ParticleDataSet.from_star(make_two_groups(tmp_path))
+    got = particle_ctfs(ds, np.array([0, 1]), dtype=torch.float64)
+    u, v, a = (ds.column(c) for c in ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle"))
+
+    def expected(i, optics):
+        return ctf_2d(
+            16,
+            2.0,
+            optics=optics,
+            dtype=torch.float64,
+            defocus_u_angstrom=u[i],
+            defocus_v_angstrom=v[i],
+            defocus_angle_deg=a[i],
+        )[0]
+
+    high, low = CtfOptics(300.0, 2.7, 0.1), CtfOptics(200.0, 2.0, 0.07)
+    torch.testing.assert_close(got[0], expected(0, high), rtol=0, atol=1e-12)
+    torch.testing.assert_close(got[1], expected(1, low), rtol=0, atol=1e-12)
+    assert (got[0] - expected(0, low)).abs().max() > 0.5
+    assert (got[1] - expected(1, high)).abs().max() > 0.5
+
+
+def test_particle_ctfs_refuse_particles_without_ctf(tmp_path):
+    ds = ParticleDataSet.from_star(make_two_groups(tmp_path, ctf=False))
+    with pytest.raises(EmberInputError, match="rlnDefocusU"):
+        particle_ctfs(ds, np.array([0]))

@@ -48,7 +48,9 @@ class ImageBatch:
 
     indices : (B,) rows of the particle table; masked, unmasked : (B, N, N//2+1) complex spectra
     of the pre-centred image with and without the soft circular mask; ctf : (B, N, N//2+1) real;
-    offset0_px : (B, 2) the integer (rounded) old offsets already applied
+    offset0_px : (B, 2) the integer (rounded) old offsets already applied; offset_prior_px : (B, 2)
+    centre of the offset prior (RELION origin, px); group : (B,) 0-based optics group;
+    premultiplied : (B,) bool, images already multiplied by their CTF
     """
 
     indices: np.ndarray
@@ -56,12 +58,32 @@ class ImageBatch:
     unmasked: torch.Tensor
     ctf: torch.Tensor
     offset0_px: torch.Tensor
+    offset_prior_px: torch.Tensor
+    group: torch.Tensor
+    premultiplied: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.indices)
 
     def subset(self, members: torch.Tensor) -> ImageBatch:
         """The images at positions `members` (B',) of this batch."""
         m = members.numpy()
         return ImageBatch(self.indices[m], self.masked[members], self.unmasked[members], self.ctf[members],
-                          self.offset0_px[members])
+                          self.offset0_px[members], self.offset_prior_px[members], self.group[members],
+                          self.premultiplied[members])
+
+    def window(self, win: FrequencyWindow, *, masked: bool = True) -> torch.Tensor:
+        """(B, K) complex spectra at the window's frequencies (masked or unmasked images)."""
+        x = self.masked if masked else self.unmasked
+        return x.reshape(len(self), -1)[:, win.index]
+
+    def ctf_terms(self, win: FrequencyWindow) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(c_ref, c_image, c2), each (B, K): the factor on the reference in the likelihood (C, or C²
+        for premultiplied images), the factor on the image in back-projection (C, or 1) and the
+        back-projection weight C² (ALGORITHM §3.3, pitfall 18)."""
+        c = self.ctf.reshape(len(self), -1)[:, win.index]
+        pre = self.premultiplied[:, None]
+        return torch.where(pre, c * c, c), torch.where(pre, torch.ones_like(c), c), c * c
 
 
 def roll_images(images: torch.Tensor, shifts_px: torch.Tensor) -> torch.Tensor:
@@ -78,6 +100,7 @@ def prepare_batch(
     indices: np.ndarray,
     offsets_px: np.ndarray,
     *,
+    offset_priors_px: np.ndarray | None = None,
     mask_radius_px: float,
     mask_edge_px: float = 5.0,
     use_ctf: bool = True,
@@ -85,23 +108,28 @@ def prepare_batch(
 ) -> ImageBatch:
     """Read, pre-centre by the rounded old offsets, mask and transform particles `indices`.
 
-    offsets_px : (B, 2) RELION origins in pixels (the particle centre is at −origin).
+    offsets_px : (B, 2) RELION origins in pixels (the particle centre is at −origin);
+    offset_priors_px : (B, 2) centres of the offset prior (default 0, the box centre).
     """
     images = torch.from_numpy(dataset.images(indices)).to(device, torch.float64)
     t0 = np.rint(offsets_px).astype(np.int64)
     centred = roll_images(images, torch.from_numpy(t0).to(device))
     mask = soft_sphere(dataset.box, mask_radius_px, mask_edge_px, ndim=2, device=device)
     outside = 1 - mask
-    background = (centred * outside).sum(dim=(1, 2), keepdim=True) / outside.sum()
+    background = (centred * outside).sum(dim=(1, 2), keepdim=True) / outside.sum().clamp(min=1e-12)
     masked = centred * mask + background * outside
     if use_ctf and dataset.has_ctf:
         ctf = particle_ctfs(dataset, indices, device=device, dtype=torch.float64)
     else:
         ctf = torch.ones((len(indices), dataset.box, dataset.box // 2 + 1), dtype=torch.float64, device=device)
+    priors = np.zeros((len(indices), 2)) if offset_priors_px is None else offset_priors_px
     return ImageBatch(
         indices=np.asarray(indices),
         masked=fft2_centered(masked),
         unmasked=fft2_centered(centred),
         ctf=ctf,
         offset0_px=torch.from_numpy(t0.astype(np.float64)).to(device),
+        offset_prior_px=torch.as_tensor(priors, dtype=torch.float64, device=device),
+        group=torch.from_numpy(dataset.optics_group_index()[indices]).long().to(device),
+        premultiplied=torch.from_numpy(dataset.ctf_premultiplied()[indices] & (use_ctf and dataset.has_ctf)).to(device),
     )

@@ -1,9 +1,9 @@
 """Model state (what an iteration estimates) and weighted sums (what one E-step accumulates),
-after RELION's `MlModel` / `MlWsumModel`."""
+after RELION's `MlModel` / `MlWsumModel`. K classes, G optics groups, S = N//2+1 shells."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -12,22 +12,39 @@ from ember.operators.reconstructor import Reconstructor
 
 
 @dataclass
-class HalfModel:
-    """One independent model (a half-set in gold-standard refinement).
+class Model:
+    """One independent model (a half-set in gold-standard refinement; all data in classification).
 
-    reference : (N, N, N) float64 map; sigma2_noise, tau2, fsc, ssnr : (N//2+1,) float64 per shell
-    (σ², τ² per complex component, 2D-image scale); sigma_offset_angstrom : σ of the offset prior;
-    pdf_direction : (n_dirs,) prior over the sampled directions; rho : sampling perturbation.
+    references : K maps (N, N, N) float64; sigma2_noise : (G, S) per optics group; tau2, fsc, ssnr :
+    (K, S) per class (σ², τ² per complex component, 2D-image scale); sigma_offset_angstrom : σ of
+    the offset prior (Å); pdf_direction : (K, n_dirs) prior over the sampled directions;
+    class_prior : (K,) π_k; rho : sampling perturbation; completeness : (K, S) fraction of the
+    voxels of each shell with data_vs_prior ≥ 1 (RELION rlnFourierCompleteness), when known.
     """
 
-    reference: torch.Tensor
+    references: list[torch.Tensor]
     sigma2_noise: torch.Tensor
     tau2: torch.Tensor
     fsc: torch.Tensor
     ssnr: torch.Tensor
     sigma_offset_angstrom: float
     pdf_direction: np.ndarray
+    class_prior: np.ndarray
     rho: float = 0.0
+    completeness: torch.Tensor | None = None
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.references)
+
+    @classmethod
+    def initial(cls, references: list[torch.Tensor], sigma2_noise: torch.Tensor, sigma_offset_angstrom: float,
+                pdf_direction: np.ndarray) -> Model:
+        """Start: uniform class priors, τ² = FSC = SSNR = 0; pdf_direction (n_dirs,) shared by the classes."""
+        k, shells = len(references), sigma2_noise.shape[-1]
+        zeros = torch.zeros((k, shells), dtype=torch.float64)
+        return cls([r.clone() for r in references], sigma2_noise.clone(), zeros.clone(), zeros.clone(), zeros.clone(),
+                   sigma_offset_angstrom, np.tile(pdf_direction, (k, 1)), np.full(k, 1.0 / k))
 
 
 @dataclass
@@ -45,26 +62,53 @@ class SamplingState:
 
 @dataclass
 class Sums:
-    """Sufficient statistics of one E-step over one half (per iteration)."""
+    """Sufficient statistics of one E-step over one model (per iteration).
 
-    reconstructor: Reconstructor
-    sigma2: torch.Tensor  # (N//2+1,) Σγ|residual|² per shell
-    n_images: float = 0.0  # Σγ over images (≈ number of images)
-    offset_sq: float = 0.0  # Σγ |t − prior|² in Å²
-    pdf_direction: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    reconstructors : one per class; sigma2 : (G, S) Σγ|residual|² per optics group and shell;
+    n_images : (G,) Σγ per optics group; offset_sq : Σγ|t − prior|² (Å²); pdf_direction : (K, n_dirs);
+    class_weight : (K,) Σγ per class; loglik : Σ log-likelihood contributions.
+    """
+
+    reconstructors: list[Reconstructor]
+    sigma2: torch.Tensor
+    n_images: torch.Tensor
+    pdf_direction: np.ndarray
+    class_weight: np.ndarray
+    offset_sq: float = 0.0
     loglik: float = 0.0
+
+    @classmethod
+    def empty(cls, box: int, n_classes: int, n_groups: int, n_directions: int, *, pad: int = 2,
+              r_max: int | None = None) -> Sums:
+        return cls([Reconstructor(box, pad=pad, r_max=r_max) for _ in range(n_classes)],
+                   torch.zeros((n_groups, box // 2 + 1), dtype=torch.float64),
+                   torch.zeros(n_groups, dtype=torch.float64), np.zeros((n_classes, n_directions)),
+                   np.zeros(n_classes))
+
+    def __add__(self, other: Sums) -> Sums:
+        """Statistics of both (reconstructors: the caller joins them; σ², counts and pdfs add)."""
+        return Sums(self.reconstructors, self.sigma2 + other.sigma2, self.n_images + other.n_images,
+                    self.pdf_direction + other.pdf_direction, self.class_weight + other.class_weight,
+                    self.offset_sq + other.offset_sq, self.loglik + other.loglik)
 
 
 @dataclass
 class ParticleResults:
-    """Per-particle outputs of an E-step (arrays over all particles, filled by index)."""
+    """Per-particle outputs of an E-step (arrays over all particles, filled by index).
 
-    angles: np.ndarray  # (n, 3) degrees
-    offsets_px: np.ndarray  # (n, 2) RELION origin in px
+    angles : (n, 3) degrees; offsets_px : (n, 2) RELION origin in px; classes : (n,) 0-based best
+    class; class_posterior : (n, K); pmax, loglik : (n,); n_significant : (n,) int.
+    """
+
+    angles: np.ndarray
+    offsets_px: np.ndarray
+    classes: np.ndarray
+    class_posterior: np.ndarray
     pmax: np.ndarray
     n_significant: np.ndarray
     loglik: np.ndarray
 
     @classmethod
-    def empty(cls, n: int) -> ParticleResults:
-        return cls(np.zeros((n, 3)), np.zeros((n, 2)), np.zeros(n), np.zeros(n, dtype=np.int64), np.zeros(n))
+    def empty(cls, n: int, n_classes: int = 1) -> ParticleResults:
+        return cls(np.zeros((n, 3)), np.zeros((n, 2)), np.zeros(n, dtype=np.int64), np.zeros((n, n_classes)),
+                   np.zeros(n), np.zeros(n, dtype=np.int64), np.zeros(n))

@@ -1,21 +1,22 @@
-"""M-step: turn one E-step's sums into a new model (ALGORITHM §5.3–5.5)."""
+"""M-step: turn one E-step's sums into a new model (ALGORITHM §5.3–5.5).
+
+τ² comes from a policy: `GoldStandardTau2` (auto-refine: from the half-set FSC) or
+`ReferencePowerTau2` (classification: the power of the current references, §5.4)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ember.inference.images import FrequencyWindow, npix_per_shell, prepare_batch
-from ember.inference.model import HalfModel, Sums
+from ember.inference.model import Model, Sums
 from ember.operators.masks import soft_sphere
+from ember.operators.projector import Projector
 from ember.operators.reconstructor import Reconstructor, half_set_fsc, tau2_from_fsc
 
 MIN_SIGMA2_OFFSET = 2.0  # Å², RELION --min_sigma2_offset
-
-
-def new_sums(box: int, n_directions: int, *, pad: int = 2, r_max: int | None = None) -> Sums:
-    return Sums(Reconstructor(box, pad=pad, r_max=r_max), torch.zeros(box // 2 + 1, dtype=torch.float64),
-                pdf_direction=np.zeros(n_directions))
 
 
 def unregularised_fsc(first: Reconstructor, second: Reconstructor) -> torch.Tensor:
@@ -29,66 +30,134 @@ def solvent_mask(box: int, radius_px: float, edge_px: float = 5.0) -> torch.Tens
     return soft_sphere(box, radius_px, edge_px)
 
 
+@dataclass
+class GoldStandardTau2:
+    """Auto-refine: SSNR = T·FSC'/(1 − FSC') from the half-set FSC (S,), τ² = SSNR·σ²_ref; the
+    joined final map uses FSC' = √(2FSC/(1+FSC)) (§5.4)."""
+
+    fsc: torch.Tensor
+    tau2_fudge: float = 1.0
+    joined: bool = False
+
+    def __call__(self, k: int, rec: Reconstructor) -> tuple[torch.Tensor, torch.Tensor]:
+        """τ² (S,) and data_vs_prior SSNR (S,) for class k."""
+        f = self.fsc.clamp(0.001, 0.999)
+        if self.joined:
+            f = torch.sqrt(2 * f / (1 + f)).clamp(max=0.999)
+        tau2 = tau2_from_fsc(self.fsc, rec.sigma2_ref(), tau2_fudge=self.tau2_fudge, joined=self.joined)
+        return tau2, self.tau2_fudge * f / (1 - f)
+
+
+@dataclass
+class ReferencePowerTau2:
+    """Classification: τ²_k = the power spectrum of reference k in the padded map (`reference_tau2`);
+    data_vs_prior = shell average of ω·T·τ²·weight (§5.4)."""
+
+    tau2: torch.Tensor  # (K, S)
+    tau2_fudge: float = 1.0
+
+    def __call__(self, k: int, rec: Reconstructor) -> tuple[torch.Tensor, torch.Tensor]:
+        s2 = rec.sigma2_ref()
+        ssnr = torch.where(s2 > 0, self.tau2_fudge * self.tau2[k] / s2.clamp(min=1e-300), torch.zeros_like(s2))
+        return self.tau2[k], ssnr
+
+
+def reference_tau2(projector: Projector) -> torch.Tensor:
+    """τ²(i) = mean over padded voxels in model shell i of |V̂|²/2 (2D-image scale) → (S,)
+    (RELION `MlModel::setFourierTransformMaps`)."""
+    spec = projector.spectrum
+    size = spec.shape[1] - 1
+    zy = torch.arange(size + 1, dtype=torch.float64) - size // 2
+    x = torch.arange(size // 2 + 1, dtype=torch.float64)
+    gz, gy, gx = torch.meshgrid(zy, zy, x, indexing="ij")
+    r = torch.sqrt(gx**2 + gy**2 + gz**2) / projector.pad
+    shells = torch.floor(r + 0.5).long()[:-1, :-1].reshape(-1)
+    power = (spec.abs().double() ** 2 / 2)[:-1, :-1].reshape(-1)
+    n_shells = projector.box // 2 + 1
+    keep = shells < n_shells
+    total = torch.zeros(n_shells, dtype=torch.float64).index_add_(0, shells[keep], power[keep])
+    count = torch.bincount(shells[keep], minlength=n_shells).double()
+    return total / count.clamp(min=1)
+
+
 def update_sigma2(sums: Sums, previous: torch.Tensor) -> torch.Tensor:
-    """σ²(i) = Σγ|residual|²_i / (2·Σγ·Npix(i)); tiny values take the previous shell's value."""
-    npix = npix_per_shell(len(previous) * 2 - 2)
-    sigma2 = sums.sigma2 / (2 * max(sums.n_images, 1e-12) * npix.clamp(min=1))
-    for i in range(1, len(sigma2)):
-        if sigma2[i] < 1e-14:
-            sigma2[i] = sigma2[i - 1]
-    if sigma2[0] < 1e-14:
-        sigma2[0] = previous[0]
-    return sigma2
+    """σ²_g(i) = Σγ|residual|²_i / (2·Σγ·Npix(i)) per optics group (G, S); tiny values take the
+    previous shell's value; a group without images keeps its previous spectrum."""
+    npix = npix_per_shell(previous.shape[-1] * 2 - 2)
+    sigma2 = sums.sigma2 / (2 * sums.n_images.clamp(min=1e-12)[:, None] * npix.clamp(min=1))
+    for i in range(1, sigma2.shape[1]):
+        tiny = sigma2[:, i] < 1e-14
+        sigma2[tiny, i] = sigma2[tiny, i - 1]
+    sigma2[:, 0] = torch.where(sigma2[:, 0] < 1e-14, previous[:, 0], sigma2[:, 0])
+    return torch.where((sums.n_images > 0)[:, None], sigma2, previous)
 
 
 def maximise(
-    model: HalfModel,
+    model: Model,
     sums: Sums,
-    half_fsc: torch.Tensor,
+    tau2_policy: GoldStandardTau2 | ReferencePowerTau2,
     *,
-    tau2_fudge: float,
     symmetry: torch.Tensor,
     mask_radius_px: float | None,
-    joined: bool = False,
+    fsc: torch.Tensor | None = None,
     update_noise: bool = True,
     fix_sigma_offset: bool = False,
-) -> HalfModel:
-    """New reference (Wiener with τ² from the gold-standard FSC), σ², σ_offset and pdf_direction."""
-    rec = sums.reconstructor
-    rec.prepare(symmetry)
-    tau2 = tau2_from_fsc(half_fsc, rec.sigma2_ref(), tau2_fudge=tau2_fudge, joined=joined)
-    volume = rec.reconstruct(tau2=tau2, tau2_fudge=tau2_fudge).double()
-    if mask_radius_px is not None:
-        volume = volume * solvent_mask(volume.shape[0], mask_radius_px)
-    f = half_fsc.clamp(0.001, 0.999)
-    if joined:
-        f = torch.sqrt(2 * f / (1 + f)).clamp(max=0.999)
-    sigma2 = update_sigma2(sums, model.sigma2_noise) if update_noise and sums.n_images > 0 else model.sigma2_noise
+) -> Model:
+    """New references (Wiener filter with τ² from the policy), σ², σ_offset, pdf_direction and π_k."""
+    refs, tau2s, ssnrs, complete = [], [], [], []
+    for k, rec in enumerate(sums.reconstructors):
+        rec.prepare(symmetry)
+        tau2, ssnr = tau2_policy(k, rec)
+        volume = rec.reconstruct(tau2=tau2, tau2_fudge=tau2_policy.tau2_fudge).double()
+        if mask_radius_px is not None:
+            volume = volume * solvent_mask(volume.shape[0], mask_radius_px)
+        refs.append(volume)
+        tau2s.append(tau2)
+        ssnrs.append(ssnr)
+        complete.append(rec.completeness(tau2, tau2_policy.tau2_fudge))
+    n_img = float(sums.n_images.sum())
+    sigma2 = update_sigma2(sums, model.sigma2_noise) if update_noise and n_img > 0 else model.sigma2_noise
     sigma_off = model.sigma_offset_angstrom
-    if not fix_sigma_offset and sums.n_images > 0:
-        sigma_off = float(np.sqrt(max(sums.offset_sq / (2 * sums.n_images), MIN_SIGMA2_OFFSET)))
-    pdf = sums.pdf_direction / max(sums.pdf_direction.sum(), 1e-300)
-    return HalfModel(volume, sigma2, tau2, half_fsc, tau2_fudge * f / (1 - f), sigma_off, pdf, model.rho)
+    if not fix_sigma_offset and n_img > 0:
+        sigma_off = float(np.sqrt(max(sums.offset_sq / (2 * n_img), MIN_SIGMA2_OFFSET)))
+    pdf = sums.pdf_direction / np.maximum(sums.pdf_direction.sum(axis=1, keepdims=True), 1e-300)
+    total = sums.class_weight.sum()
+    prior = sums.class_weight / total if total > 0 else model.class_prior
+    fsc_k = model.fsc if fsc is None else fsc[None].expand(len(refs), -1).clone()
+    return Model(refs, sigma2, torch.stack(tau2s), fsc_k, torch.stack(ssnrs), sigma_off, pdf, prior, model.rho,
+                 torch.stack(complete))
 
 
 def initial_sigma2(dataset, indices: np.ndarray, mask_radius_px: float) -> torch.Tensor:
-    """σ²(i) = ⟨|X|²⟩_shell/2 − |⟨X⟩|²_shell/2 over masked particles (ALGORITHM §4.8)."""
+    """σ²_g(i) = ⟨|X|²⟩_shell/2 − |⟨X⟩|²_shell/2 over masked particles `indices` of each optics
+    group g (ALGORITHM §4.8) → (G, S); a group without particles among `indices` gets the mean."""
     box = dataset.box
     win = FrequencyWindow.build(box, box)
-    power = torch.zeros(len(win.index), dtype=torch.float64)
-    mean = torch.zeros(len(win.index), dtype=torch.complex128)
+    n_groups = dataset.n_optics_groups
+    power = torch.zeros((n_groups, len(win.index)), dtype=torch.float64)
+    mean = torch.zeros((n_groups, len(win.index)), dtype=torch.complex128)
     zero = np.zeros((len(dataset), 2))
+    group = torch.from_numpy(dataset.optics_group_index()).long()
     for start in range(0, len(indices), 256):
         idx = indices[start : start + 256]
         x = prepare_batch(dataset, idx, zero[idx], mask_radius_px=mask_radius_px, use_ctf=False).masked
         x = x.reshape(len(idx), -1)[:, win.index]
-        power += (x.abs() ** 2).sum(0)
-        mean += x.sum(0)
-    n = len(indices)
-    per_pixel = power / n / 2 - (mean / n).abs() ** 2 / 2
+        power.index_add_(0, group[idx], x.abs() ** 2)
+        mean.index_add_(0, group[idx], x)
+    n = torch.bincount(group[indices], minlength=n_groups).double()
+    per_pixel = (power / n.clamp(min=1)[:, None] - (mean / n.clamp(min=1)[:, None]).abs() ** 2) / 2
     npix = npix_per_shell(box)
-    sigma2 = torch.zeros(box // 2 + 1, dtype=torch.float64).index_add_(0, win.shell, per_pixel) / npix
-    for i in range(1, len(sigma2)):
-        if sigma2[i] <= 0:
-            sigma2[i] = sigma2[i - 1]
+    sigma2 = torch.zeros((n_groups, box // 2 + 1), dtype=torch.float64).index_add_(1, win.shell, per_pixel) / npix
+    for i in range(1, sigma2.shape[1]):
+        bad = sigma2[:, i] <= 0
+        sigma2[bad, i] = sigma2[bad, i - 1]
+    empty = n == 0
+    if empty.any():
+        sigma2[empty] = sigma2[~empty].mean(dim=0)
     return sigma2
+
+
+def first_per_group(dataset, limit: int = 1000) -> np.ndarray:
+    """Indices of the first `limit` particles of each optics group (RELION nr_parts_sigma2noise)."""
+    group = dataset.optics_group_index()
+    return np.sort(np.concatenate([np.flatnonzero(group == g)[:limit] for g in range(dataset.n_optics_groups)]))

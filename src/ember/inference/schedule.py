@@ -51,7 +51,7 @@ def current_size(state: AutoRefineState, box: int, ave_pmax: float) -> int:
     if state.final:
         return box
     i = state.resolution_shell
-    i += round(0.25 * box / 2) if (ave_pmax > 0.1 and state.has_high_fsc_at_limit) else state.incr_size
+    i += math.floor(0.25 * box / 2 + 0.5) if (ave_pmax > 0.1 and state.has_high_fsc_at_limit) else state.incr_size
     return int(min(2 * i, box))
 
 
@@ -76,16 +76,16 @@ def resolution_from_fsc(fsc: torch.Tensor, tau2_fudge: float = 1.0, minres_shell
 def update_resolution(state: AutoRefineState, fsc: torch.Tensor, tau2_fudge: float) -> None:
     """New current resolution, the no-gain counter, incr_size and the high-FSC-at-limit flag."""
     new = resolution_from_fsc(fsc, tau2_fudge)
-    if new <= state.best_resolution_shell:
+    if new <= state.resolution_shell:  # RELION: no gain over the previous iteration's resolution
         state.nr_iter_wo_resol_gain += 1
     else:
         state.nr_iter_wo_resol_gain = 0
-        state.best_resolution_shell = new
+    state.best_resolution_shell = max(state.best_resolution_shell, new)
     state.resolution_shell = new
     below05 = torch.nonzero(fsc[1:] < 0.5)
     below0143 = torch.nonzero(fsc[1:] < 0.143)
     if len(below05) and len(below0143):
-        state.incr_size = max(10, int(below0143[0, 0]) - int(below05[0, 0]) + 5)
+        state.incr_size = max(state.incr_size, int(below0143[0, 0]) - int(below05[0, 0]) + 5)
     limit = state.current_size // 2 - 1
     if 0 < limit < len(fsc) and fsc[limit] > FSC_HIGH_AT_LIMIT:
         state.has_high_fsc_at_limit = True

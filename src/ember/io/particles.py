@@ -18,6 +18,15 @@ from ember.io.star import ParticleTable, read_particles_star
 
 REQUIRED_OPTICS = ("rlnOpticsGroup", "rlnImagePixelSize", "rlnImageSize")
 CTF_COLUMNS = ("rlnDefocusU", "rlnDefocusV")
+CTF_OPTICS = ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast")
+PREMULTIPLIED = "rlnCtfDataAreCtfPremultiplied"  # RELION's label (EMDL_OPTIMISER_DATA_ARE_CTF_PREMULTIPLIED)
+ANGLE_PRIORS = ("rlnAngleRotPrior", "rlnAngleTiltPrior", "rlnAnglePsiPrior")
+OFFSET_PRIORS = ("rlnOriginXPriorAngst", "rlnOriginYPriorAngst")
+
+
+def _unset_prior(values: np.ndarray) -> np.ndarray:
+    """RELION's "not set" sentinel for priors: 999 (tested as 998.99 < v < 999.01)."""
+    return (values > 998.99) & (values < 999.01)
 
 
 def parse_image_name(name: str) -> tuple[int, str]:
@@ -30,7 +39,9 @@ def parse_image_name(name: str) -> tuple[int, str]:
 
 @dataclass(frozen=True)
 class Optics:
-    """One optics group: pixel size (Å), box (px), voltage (kV), Cs (mm), amplitude contrast."""
+    """One optics group: pixel size (Å), box (px), voltage (kV), Cs (mm), amplitude contrast,
+    images CTF-premultiplied, and its rlnOpticsGroup number. Voltage, Cs and amplitude contrast
+    are NaN when the STAR has no CTF columns and does not give them."""
 
     pixel_size: float
     box: int
@@ -38,6 +49,7 @@ class Optics:
     cs_mm: float
     amplitude_contrast: float
     ctf_premultiplied: bool = False
+    number: int = 1
 
 
 class ParticleDataSet:
@@ -47,7 +59,8 @@ class ParticleDataSet:
         self.table = table
         self.star_path = Path(star_path)
         self._check_columns()
-        self.optics = self._read_optics()
+        self.optics_groups, self._group_index = self._read_optics()
+        self.optics = self.optics_groups[0]  # the first group, for callers that assume one
         self.pixel_size = self.optics.pixel_size
         self.box = self.optics.box
         names = table.particles["rlnImageName"].astype(str).map(parse_image_name)
@@ -68,6 +81,19 @@ class ParticleDataSet:
     def has_ctf(self) -> bool:
         return all(c in self.table.particles for c in CTF_COLUMNS)
 
+    @property
+    def n_optics_groups(self) -> int:
+        return len(self.optics_groups)
+
+    def optics_group_index(self) -> np.ndarray:
+        """(n,) int64: each particle's 0-based index into `optics_groups`."""
+        return self._group_index.copy()
+
+    def ctf_premultiplied(self) -> np.ndarray:
+        """(n,) bool: whether each particle's image is already multiplied by its CTF."""
+        flags = np.array([o.ctf_premultiplied for o in self.optics_groups], dtype=bool)
+        return flags[self._group_index]
+
     def _check_columns(self) -> None:
         if "rlnImageName" not in self.table.particles:
             raise EmberInputError(
@@ -75,18 +101,33 @@ class ParticleDataSet:
                 "particle table has no rlnImageName column",
                 "add rlnImageName (slice@stack.mrcs) for every particle",
             )
+        if "rlnImageSize" not in self.table.optics:  # RELION 3.0 files: the box from the first stack
+            _, stack = parse_image_name(str(self.table.particles["rlnImageName"].iloc[0]))
+            mrc = open_stack(self._resolve(stack))
+            self.table.optics["rlnImageSize"] = int(mrc.data.shape[-1])
+            mrc.close()
         missing = [c for c in REQUIRED_OPTICS if c not in self.table.optics]
         if missing:
             raise EmberInputError(self.star_path, f"data_optics lacks {', '.join(missing)}", "add the columns")
 
-    def _read_optics(self) -> Optics:
+    def _read_optics(self) -> tuple[list[Optics], np.ndarray]:
+        """The optics groups the particles use (in rlnOpticsGroup order) and each particle's index."""
         optics = self.table.optics
-        used = set(self.table.particles["rlnOpticsGroup"].astype(int))
-        rows = optics[optics["rlnOpticsGroup"].astype(int).isin(used)]
-        if len(rows) != len(used):
+        numbers = optics["rlnOpticsGroup"].astype(int)
+        if numbers.duplicated().any():
             raise EmberInputError(
                 self.star_path,
-                "particles refer to optics groups missing from data_optics",
+                f"data_optics lists optics group {int(numbers[numbers.duplicated()].iloc[0])} twice",
+                "give each optics group one row",
+            )
+        of_particle = self.table.particles["rlnOpticsGroup"].astype(int).to_numpy()
+        used = np.unique(of_particle)
+        rows = optics[numbers.isin(used)].assign(_n=numbers).sort_values("_n")
+        if len(rows) != len(used):
+            absent = sorted(set(used.tolist()) - set(numbers.tolist()))
+            raise EmberInputError(
+                self.star_path,
+                f"particles refer to optics group(s) {absent} missing from data_optics",
                 "add the groups to data_optics",
             )
         pixels = rows["rlnImagePixelSize"].astype(float).round(5).unique()
@@ -100,15 +141,38 @@ class ParticleDataSet:
         box = int(boxes[0])
         if box % 2:
             raise EmberInputError(self.star_path, f"box {box} is odd", "re-extract with an even box")
-        row = rows.iloc[0]
-        premult = bool(int(row.get("rlnCtfDataAreCtfPremultiplied", 0)))
+        groups = [self._optics_row(row, float(pixels[0]), box) for _, row in rows.iterrows()]
+        return groups, np.searchsorted(used, of_particle).astype(np.int64)
+
+    def _optics_row(self, row, pixel_size: float, box: int) -> Optics:
+        """One data_optics row → Optics; refuses missing CTF constants when the particles have CTFs."""
+        number = int(row["rlnOpticsGroup"])
+        values = {}
+        for name in CTF_OPTICS:
+            value = float(row[name]) if name in row.index else float("nan")
+            if not np.isfinite(value) and self.has_ctf:
+                raise EmberInputError(
+                    self.star_path,
+                    f"optics group {number} has no {name} but the particles have CTF parameters",
+                    f"add {name} to data_optics (RELION refuses such files too)",
+                )
+            values[name] = value
+        q0 = values["rlnAmplitudeContrast"]
+        if self.has_ctf and not (0 <= q0 < 1 and values["rlnVoltage"] > 0):
+            raise EmberInputError(
+                self.star_path,
+                f"optics group {number}: voltage {values['rlnVoltage']} kV or amplitude contrast {q0} out of range",
+                "give voltage > 0 kV and 0 ≤ rlnAmplitudeContrast < 1",
+            )
+        premult = row[PREMULTIPLIED] if PREMULTIPLIED in row.index else 0
         return Optics(
-            pixel_size=float(pixels[0]),
+            pixel_size=pixel_size,
             box=box,
-            voltage_kv=float(row.get("rlnVoltage", 300.0)),
-            cs_mm=float(row.get("rlnSphericalAberration", 2.7)),
-            amplitude_contrast=float(row.get("rlnAmplitudeContrast", 0.1)),
-            ctf_premultiplied=premult,
+            voltage_kv=values["rlnVoltage"],
+            cs_mm=values["rlnSphericalAberration"],
+            amplitude_contrast=q0,
+            ctf_premultiplied=bool(int(premult)) if np.isfinite(float(premult)) else False,
+            number=number,
         )
 
     def _resolve(self, stack: str) -> Path:
@@ -191,6 +255,31 @@ class ParticleDataSet:
     def offsets_px(self) -> np.ndarray:
         """(n, 2) rlnOriginX/YAngst converted to pixels."""
         return np.stack([self.column(f"rlnOrigin{a}Angst", 0.0) for a in ("X", "Y")], axis=1) / self.pixel_size
+
+    def prior_angles_deg(self) -> np.ndarray | None:
+        """(n, 3) rlnAngle{Rot,Tilt,Psi}Prior in degrees; NaN where unset (absent column or 999).
+        None if the STAR has none of the three columns."""
+        return self._priors(ANGLE_PRIORS)
+
+    def prior_offsets_px(self) -> np.ndarray | None:
+        """(n, 2) rlnOrigin{X,Y}PriorAngst in pixels; NaN where unset (absent column or 999 Å).
+        None if the STAR has neither column."""
+        priors = self._priors(OFFSET_PRIORS)
+        return None if priors is None else priors / self.pixel_size
+
+    def _priors(self, names: tuple[str, ...]) -> np.ndarray | None:
+        if not any(n in self.table.particles for n in names):
+            return None
+        out = np.stack([self.column(n, np.nan) for n in names], axis=1)
+        out[_unset_prior(out)] = np.nan
+        return out
+
+    def group_numbers(self) -> np.ndarray:
+        """(n,) int64 rlnGroupNumber (1-based scale groups), all 1 if the column is absent."""
+        groups = self.column("rlnGroupNumber", 1.0)
+        if not (np.isfinite(groups).all() and (groups >= 1).all() and (groups == np.round(groups)).all()):
+            raise EmberInputError(self.star_path, "rlnGroupNumber must be integers ≥ 1", "fix the column")
+        return groups.astype(np.int64)
 
     def close(self) -> None:
         for mrc in self._stacks.values():

@@ -5,6 +5,9 @@ Without `--wiener` the regulariser is RELION's floor only (1/1000 of the shell-a
 With `--wiener` the two random halves (rlnRandomSubset) are reconstructed separately, their FSC
 gives τ² = SSNR·σ²_ref (as in auto-refine), and the final map of all particles is the 3D Wiener
 filter with the full-set SSNR from √(2·FSC/(1+FSC)).
+
+Each particle's CTF uses its optics group's voltage, Cs and amplitude contrast; particles of groups
+with rlnCtfDataAreCtfPremultiplied = 1 are inserted as stored (data += X, weight += C²).
 """
 
 from __future__ import annotations
@@ -82,6 +85,7 @@ def backproject(
     angles = dataset.angles_deg()
     offsets = dataset.offsets_px()
     use_ctf = ctf and dataset.has_ctf
+    premultiplied = torch.from_numpy(dataset.ctf_premultiplied()).to(device)
     total = len(indices) if total is None else total
     for start, stop in batches(len(indices), batch_size):
         idx = indices[start:stop]
@@ -91,8 +95,8 @@ def backproject(
         spectra = spectra * shift_phases_2d(dataset.box, t).to(spectra.dtype)
         rot = euler_to_matrix(torch.from_numpy(angles[idx])).to(device)
         if use_ctf:
-            c = particle_ctfs(dataset, idx, device=device)
-            data = spectra if dataset.optics.ctf_premultiplied else spectra * c
+            c = particle_ctfs(dataset, idx, device=device)  # each particle with its optics group's constants
+            data = torch.where(premultiplied[idx][:, None, None], spectra, spectra * c)
             reconstructor.insert(data, c * c, rot)
         else:
             reconstructor.insert(spectra, torch.ones_like(spectra.real), rot)

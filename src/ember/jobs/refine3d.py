@@ -21,10 +21,10 @@ import torch
 from ember.errors import EmberInputError
 from ember.inference.accuracy import expected_accuracy
 from ember.inference.engine import angular_changes, run_expectation
-from ember.inference.estep import EStepSettings
+from ember.inference.estep import CrossCorrelation, EStepSettings, Marginalisation
 from ember.inference.images import FrequencyWindow
-from ember.inference.model import HalfModel, ParticleResults, SamplingState
-from ember.inference.mstep import initial_sigma2, maximise, new_sums, unregularised_fsc
+from ember.inference.model import Model, ParticleResults, SamplingState, Sums
+from ember.inference.mstep import GoldStandardTau2, first_per_group, initial_sigma2, maximise, unregularised_fsc
 from ember.inference.sampling import angular_step_deg, asymmetric_unit, translation_grid
 from ember.inference.schedule import (
     AutoRefineState,
@@ -40,16 +40,16 @@ from ember.io.particles import ParticleDataSet, check_map_matches
 from ember.jobs.common import select_device, write_job_json
 from ember.jobs.refine_io import (
     data_table,
-    half_model_from_json,
-    half_model_to_json,
     model_blocks,
+    model_from_json,
+    model_to_json,
     write_iteration,
 )
 from ember.maths.fourier import resolution_angstrom, shell_of_resolution
 from ember.maths.symmetry import symmetry_operators
 from ember.operators.filters import lowpass_raised_cosine
 from ember.operators.projector import Projector
-from ember.operators.reconstructor import join_low_resolution
+from ember.operators.reconstructor import Reconstructor, join_low_resolution
 from ember.report.plots import plot_angular_distribution, plot_fsc
 
 logger = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ class Refine3DConfig:
     adaptive_fraction: float = 0.999
     max_iterations: int = 50
     maxsig: int | None = None
+    sigma_ang_deg: float | None = None
     maxcc: bool = False
     no_halves: bool = False
     ctf: bool = True
@@ -92,6 +93,8 @@ class Refine3DConfig:
         if self.device != "cpu":
             raise EmberInputError(None, "refine3d runs on the CPU for now (only reconstruct takes cuda)",
                                   "use --device cpu")
+        if self.sigma_ang_deg is not None and self.sigma_ang_deg <= 0:
+            raise EmberInputError(None, "--sigma_ang must be > 0 degrees", "")
         if self.offset_step_px <= 0 or self.offset_range_px < 0:
             raise EmberInputError(None, "--offset_step must be > 0 and --offset_range ≥ 0 (pixels)", "")
 
@@ -103,12 +106,25 @@ class Run:
     cfg: Refine3DConfig
     dataset: ParticleDataSet
     subsets: np.ndarray
-    models: list[HalfModel]
+    models: list[Model]
     state: AutoRefineState
     results: ParticleResults
     symmetry: torch.Tensor
     directions: np.ndarray
     ave_pmax: float = 0.0
+
+    @property
+    def angle_priors(self) -> np.ndarray:
+        """(n, 3) centres of local searches: the STAR's prior columns where set, else the current angles."""
+        given = self.dataset.prior_angles_deg()
+        current = self.results.angles
+        return current.copy() if given is None else np.where(np.isnan(given), current, given)
+
+    @property
+    def offset_priors(self) -> np.ndarray | None:
+        """(n, 2) px centres of the offset prior (rlnOriginX/YPriorAngst where set, else 0)."""
+        given = self.dataset.prior_offsets_px()
+        return None if given is None else np.nan_to_num(given, nan=0.0)
 
     @property
     def box(self) -> int:
@@ -127,8 +143,8 @@ def refine3d(cfg: Refine3DConfig, progress=None) -> Path:
     """Run auto-refinement; returns the path of the final map."""
     select_device(cfg.device, cfg.threads)
     out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
     run = resume(cfg) if cfg.continue_from else start(cfg)
+    out.mkdir(parents=True, exist_ok=True)
     write_job_json(out, "refine3d", cfg)
     while True:
         run.state.iteration += 1
@@ -161,18 +177,17 @@ def start(cfg: Refine3DConfig) -> Run:
     reference = lowpass_raised_cosine(torch.from_numpy(ref), ini_shell)
     symmetry = symmetry_operators(cfg.symmetry)
     directions = asymmetric_unit(cfg.healpix_order, symmetry)
-    sigma2 = initial_sigma2(dataset, np.arange(min(n, 1000)), cfg.particle_diameter_angstrom / (2 * pixel))
+    sigma2 = initial_sigma2(dataset, first_per_group(dataset), cfg.particle_diameter_angstrom / (2 * pixel))
     pdf = uniform_pdf(cfg.healpix_order, directions)
-    zeros = torch.zeros(box // 2 + 1, dtype=torch.float64)
-    models = [HalfModel(reference.clone(), sigma2.clone(), zeros.clone(), zeros.clone(), zeros.clone(),
-                       cfg.sigma_offset_angstrom, pdf.copy()) for _ in range(2)]
+    models = [Model.initial([reference], sigma2, cfg.sigma_offset_angstrom, pdf) for _ in range(2)]
     results = ParticleResults.empty(n)
     if all(c in dataset.table.particles for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")):
         results.angles[:] = dataset.angles_deg()
     results.offsets_px[:] = dataset.offsets_px()
     state = AutoRefineState(iteration=0, healpix_order=cfg.healpix_order, oversampling=cfg.oversampling,
                             offset_range_px=cfg.offset_range_px, offset_step_px=cfg.offset_step_px,
-                            resolution_shell=ini_shell, best_resolution_shell=ini_shell)
+                            resolution_shell=ini_shell, best_resolution_shell=ini_shell,
+                            sigma_ang_deg=cfg.sigma_ang_deg)
     return Run(cfg, dataset, subsets, models, state, results, symmetry, directions)
 
 
@@ -207,12 +222,15 @@ def iterate(run: Run, progress=None) -> None:
     sampling = SamplingState(st.healpix_order, st.oversampling, st.offset_range_px, st.offset_step_px,
                              run.directions, st.sigma_ang_deg)
     old_angles, old_offsets = run.results.angles.copy(), run.results.offsets_px.copy()
+    angle_priors, offset_priors = run.angle_priors, run.offset_priors
     if progress is not None and hasattr(progress, "describe"):
         res = resolution_angstrom(st.resolution_shell, box, pixel)
         step = angular_step_deg(st.healpix_order + st.oversampling)
         progress.describe(f"it {st.iteration}{' final' if st.final else ''} · {res:.1f} Å · {step:.2f}°")
     n_dirs = 12 * 4**st.healpix_order
-    sums = [new_sums(box, n_dirs, r_max=st.current_size // 2) for _ in range(2)]
+    groups = run.dataset.n_optics_groups
+    sums = [Sums.empty(box, 1, groups, n_dirs, r_max=st.current_size // 2) for _ in range(2)]
+    weighting = CrossCorrelation() if cfg.maxcc else Marginalisation()
     done = 0
     for h in (0, 1):
         model = run.models[0 if cfg.no_halves else h]
@@ -220,7 +238,7 @@ def iterate(run: Run, progress=None) -> None:
         model.rho = rho
         trans = torch.from_numpy(translation_grid(st.offset_range_px, st.offset_step_px)) + rho * st.offset_step_px
         settings = EStepSettings(coarse_win, fine_win, trans, st.offset_step_px, st.oversampling, pixel,
-                                 cfg.adaptive_fraction, cfg.maxcc, cfg.maxsig)
+                                 cfg.adaptive_fraction, weighting, cfg.maxsig)
         indices = np.flatnonzero(run.subsets == h + 1)
 
         def tick(k: int) -> None:
@@ -230,29 +248,30 @@ def iterate(run: Run, progress=None) -> None:
                 progress(done, len(run.subsets))
 
         run_expectation(run.dataset, indices, model, sampling, settings, sums[h], run.results,
-                        prior_angles_deg=old_angles, prior_offsets_px=old_offsets, symmetry=run.symmetry,
+                        prior_angles_deg=angle_priors, prior_offsets_px=old_offsets,
+                        offset_priors_px=offset_priors, symmetry=run.symmetry,
                         mask_radius_px=run.mask_radius_px, batch_size=cfg.batch_size, use_ctf=cfg.ctf,
                         progress=tick)
     run.ave_pmax = float(run.results.pmax.mean())
     if st.final:
         finish(run, sums)
         return
-    for s in sums:
-        s.reconstructor.prepare(run.symmetry)
+    recs = [s.reconstructors[0] for s in sums]
+    for r in recs:
+        r.prepare(run.symmetry)
     if not cfg.no_halves:
         join = shell_of_resolution(max(cfg.low_resol_join_halves_angstrom,
                                        resolution_angstrom(st.resolution_shell, box, pixel)), box, pixel)
-        join_low_resolution(sums[0].reconstructor, sums[1].reconstructor, join)
-    half_fsc = unregularised_fsc(sums[0].reconstructor, sums[1].reconstructor)
-    update_noise = not cfg.maxcc
+        join_low_resolution(recs[0], recs[1], join)
+    half_fsc = unregularised_fsc(recs[0], recs[1])
+    tau2 = GoldStandardTau2(half_fsc, cfg.tau2_fudge)
+    common = dict(symmetry=run.symmetry, mask_radius_px=run.mask_radius_px, fsc=half_fsc,
+                  update_noise=weighting.updates_noise)
     if cfg.no_halves:
-        joint = _joined(sums, box, st.current_size // 2)
-        m = maximise(run.models[0], joint, half_fsc, tau2_fudge=cfg.tau2_fudge, symmetry=run.symmetry,
-                     mask_radius_px=run.mask_radius_px, update_noise=update_noise)
+        m = maximise(run.models[0], _joined(sums, box, st.current_size // 2), tau2, **common)
         run.models = [m, m]
     else:
-        run.models = [maximise(run.models[h], sums[h], half_fsc, tau2_fudge=cfg.tau2_fudge, symmetry=run.symmetry,
-                               mask_radius_px=run.mask_radius_px, update_noise=update_noise) for h in (0, 1)]
+        run.models = [maximise(run.models[h], sums[h], tau2, **common) for h in (0, 1)]
     update_resolution(st, half_fsc, cfg.tau2_fudge)
     _update_sampling(run, old_angles, old_offsets, fine_win, rng)
     check_convergence(st)
@@ -270,16 +289,14 @@ def _perturb(rho: float, factor: float, rng: np.random.Generator) -> float:
 def _joined(sums, box: int, r_max: int | None = None, *, prepared: bool = True):
     """Sums of both halves: prepared reconstructors are added as data/weight, unprepared ones
     as raw accumulators (the final iteration joins before symmetrising)."""
-    joint = new_sums(box, len(sums[0].pdf_direction), r_max=r_max)
+    rec = Reconstructor(box, r_max=r_max)
     if prepared:
-        joint.reconstructor.add_prepared(sums[0].reconstructor, sums[1].reconstructor)
+        rec.add_prepared(sums[0].reconstructors[0], sums[1].reconstructors[0])
     else:
         for s in sums:
-            joint.reconstructor.add(s.reconstructor)
-    joint.sigma2 = sums[0].sigma2 + sums[1].sigma2
-    joint.n_images = sums[0].n_images + sums[1].n_images
-    joint.offset_sq = sums[0].offset_sq + sums[1].offset_sq
-    joint.pdf_direction = sums[0].pdf_direction + sums[1].pdf_direction
+            rec.add(s.reconstructors[0])
+    joint = sums[0] + sums[1]
+    joint.reconstructors = [rec]
     return joint
 
 
@@ -291,28 +308,30 @@ def _update_sampling(run: Run, old_angles, old_offsets, fine_win, rng) -> None:
     if not cfg.maxcc:
         sample = rng.choice(len(run.subsets), size=min(100, len(run.subsets)), replace=False)
         model = run.models[0]
-        projector = Projector.from_volume(model.reference, r_max=fine_win.size // 2)
+        projector = Projector.from_volume(model.references[0], r_max=fine_win.size // 2)
         st.acc_rot_deg, st.acc_trans_px = expected_accuracy(
-            projector, model.sigma2_noise, run.dataset, sample, run.results.angles[sample], fine_win, rng, cfg.ctf)
+            projector, model.sigma2_noise.mean(dim=0), run.dataset, sample, run.results.angles[sample], fine_win,
+            rng, cfg.ctf)
     if update_sampling(st, float(offset_change), cfg.auto_local_healpix_order):
         run.directions = asymmetric_unit(st.healpix_order, run.symmetry)
         for m in run.models:
-            m.pdf_direction = uniform_pdf(st.healpix_order, run.directions)
+            m.pdf_direction = uniform_pdf(st.healpix_order, run.directions)[None]
 
 
 def finish(run: Run, sums) -> None:
     """Final iteration: FSC of the halves at full window, then one map of all particles."""
     cfg, box = run.cfg, run.box
     joint = _joined(sums, box, prepared=False)
-    for s in sums:
-        s.reconstructor.prepare(run.symmetry)
-    half_fsc = unregularised_fsc(sums[0].reconstructor, sums[1].reconstructor)
-    unfil = [s.reconstructor.reconstruct().double() for s in sums]
-    final = maximise(run.models[0], joint, half_fsc, tau2_fudge=cfg.tau2_fudge, symmetry=run.symmetry,
-                     mask_radius_px=None, joined=True, update_noise=not cfg.maxcc)
+    recs = [s.reconstructors[0] for s in sums]
+    for r in recs:
+        r.prepare(run.symmetry)
+    half_fsc = unregularised_fsc(recs[0], recs[1])
+    unfil = [r.reconstruct().double() for r in recs]
+    final = maximise(run.models[0], joint, GoldStandardTau2(half_fsc, cfg.tau2_fudge, joined=True),
+                     symmetry=run.symmetry, mask_radius_px=None, fsc=half_fsc, update_noise=not cfg.maxcc)
     run.state.resolution_shell = _final_shell(half_fsc)
     run.models = [final, final]
-    write_outputs(run, "run", final_maps={"class001": final.reference, "half1_class001_unfil": unfil[0],
+    write_outputs(run, "run", final_maps={"class001": final.references[0], "half1_class001_unfil": unfil[0],
                                           "half2_class001_unfil": unfil[1]})
 
 
@@ -323,22 +342,25 @@ def _final_shell(fsc: torch.Tensor) -> int:
 
 def write_outputs(run: Run, prefix: str, final_maps: dict | None = None) -> None:
     out, box, pixel, st = Path(run.cfg.output), run.box, run.pixel, run.state
-    data = data_table(run.dataset.table, run.results, run.subsets, pixel, run.dataset.image_names_relative_to(out))
+    groups = run.dataset.group_numbers()
+    data = data_table(run.dataset.table, run.results, run.subsets, pixel, run.dataset.image_names_relative_to(out),
+                      groups)
     acc = (st.acc_rot_deg, st.acc_trans_px * pixel)
     common = dict(box=box, pixel=pixel, ave_pmax=run.ave_pmax, loglik=float(run.results.loglik.sum()),
-                  acc_rot=acc[0], acc_trans_angstrom=acc[1])
+                  acc_rot=acc[0], acc_trans_angstrom=acc[1], tau2_fudge=run.cfg.tau2_fudge,
+                  group_counts=np.bincount(groups - 1))
     if final_maps is None:
-        maps = {f"half{h + 1}_class001": run.models[h].reference for h in (0, 1)}
-        models = {f"half{h + 1}_": model_blocks(run.models[h], st, map_name=f"{prefix}_half{h + 1}_class001.mrc",
+        maps = {f"half{h + 1}_class001": run.models[h].references[0] for h in (0, 1)}
+        models = {f"half{h + 1}_": model_blocks(run.models[h], st, map_names=[f"{prefix}_half{h + 1}_class001.mrc"],
                                                 **common) for h in (0, 1)}
     else:
         maps = final_maps
-        models = {"": model_blocks(run.models[0], st, map_name="run_class001.mrc", **common)}
+        models = {"": model_blocks(run.models[0], st, map_names=["run_class001.mrc"], **common)}
     state = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(run.cfg).items()},
              "state": st.to_dict(), "ave_pmax": run.ave_pmax, "subsets": run.subsets.tolist(),
-             "models": [half_model_to_json(m) for m in run.models]}
+             "models": [model_to_json(m) for m in run.models]}
     write_iteration(out, prefix, maps=maps, pixel=pixel, data=data, models=models, state=state)
-    curves = {"gold-standard FSC (halves)": run.models[0].fsc.numpy()}
+    curves = {"gold-standard FSC (halves)": run.models[0].fsc[0].numpy()}
     plot_fsc(out / "fsc.png", curves, box=box, pixel_size=pixel, title=f"{prefix}: half-map FSC")
     plot_angular_distribution(out / "angular_distribution.png", run.results.angles)
 
@@ -352,7 +374,7 @@ def resume(cfg: Refine3DConfig) -> Run:
     prefix = path.name.removesuffix("_state.json")
     dataset = ParticleDataSet.from_star(path.parent / f"{prefix}_data.star")
     refs = [torch.from_numpy(read_map(path.parent / f"{prefix}_half{h}_class001.mrc")[0]).double() for h in (1, 2)]
-    models = [half_model_from_json(d, r) for d, r in zip(saved["models"], refs, strict=True)]
+    models = [model_from_json(d, [r]) for d, r in zip(saved["models"], refs, strict=True)]
     state = AutoRefineState(**saved["state"])
     results = ParticleResults.empty(len(dataset))
     results.angles[:] = dataset.angles_deg()

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ember.inference.model import HalfModel, ParticleResults
+from ember.inference.model import Model, ParticleResults
 from ember.inference.schedule import AutoRefineState
 from ember.io.atomic import atomic_path
 from ember.io.mrc import write_map
@@ -17,57 +17,78 @@ from ember.io.star import ParticleTable, write_particles_star, write_star_blocks
 from ember.maths.fourier import resolution_angstrom
 
 
-def data_table(base: ParticleTable, results: ParticleResults, subsets: np.ndarray, pixel: float,
-               image_names: list[str]) -> ParticleTable:
-    """Input columns plus the refined pose and per-particle statistics (RELION labels)."""
+def data_table(base: ParticleTable, results: ParticleResults, subsets: np.ndarray | None, pixel: float,
+               image_names: list[str], group_numbers: np.ndarray) -> ParticleTable:
+    """Input columns plus the refined pose and per-particle statistics (RELION labels).
+
+    Stale pixel-offset columns (rlnOriginX/Y, RELION 3.0) are dropped: the Å columns replace them."""
     t = base.copy()
-    p = t.particles
+    p = t.particles.drop(columns=[c for c in ("rlnOriginX", "rlnOriginY") if c in t.particles])
     p["rlnImageName"] = image_names
     p["rlnAngleRot"], p["rlnAngleTilt"], p["rlnAnglePsi"] = results.angles.T
     p["rlnOriginXAngst"], p["rlnOriginYAngst"] = (results.offsets_px * pixel).T
-    p["rlnClassNumber"] = 1
+    p["rlnClassNumber"] = results.classes + 1
+    p["rlnGroupNumber"] = group_numbers
     p["rlnNormCorrection"] = 1.0
     p["rlnLogLikeliContribution"] = results.loglik
     p["rlnMaxValueProbDistribution"] = results.pmax
     p["rlnNrOfSignificantSamples"] = results.n_significant
-    p["rlnRandomSubset"] = subsets
+    if subsets is not None:
+        p["rlnRandomSubset"] = subsets
+    t.particles = p
     return t
 
 
-def model_blocks(model: HalfModel, state: AutoRefineState, *, box: int, pixel: float, map_name: str,
-                 ave_pmax: float, loglik: float, acc_rot: float, acc_trans_angstrom: float) -> dict:
-    """The blocks of a RELION model.star (model_general, classes, class_1, optics group, groups)."""
+def model_blocks(model: Model, state: AutoRefineState, *, box: int, pixel: float, map_names: list[str],
+                 ave_pmax: float, loglik: float, acc_rot: float, acc_trans_angstrom: float, tau2_fudge: float,
+                 group_counts: np.ndarray) -> dict:
+    """The blocks of a RELION model.star: model_general, model_classes, model_class_k,
+    model_optics_group_g, model_groups, model_pdf_orient_class_k (ALGORITHM §10.4)."""
     shells = np.arange(box // 2 + 1)
     res = resolution_angstrom(state.resolution_shell, box, pixel)
+    n_classes, n_groups = model.n_classes, model.sigma2_noise.shape[0]
     general = {
         "rlnReferenceDimensionality": 3, "rlnDataDimensionality": 2, "rlnOriginalImageSize": box,
-        "rlnCurrentResolution": 1.0 / res, "rlnCurrentImageSize": state.current_size, "rlnPaddingFactor": 2,
+        "rlnCurrentResolution": res, "rlnCurrentImageSize": state.current_size, "rlnPaddingFactor": 2,
         "rlnIsHelix": 0, "rlnFourierSpaceInterpolator": 1, "rlnMinRadiusNnInterpolation": 10,
-        "rlnPixelSize": pixel, "rlnNrClasses": 1, "rlnNrBodies": 1, "rlnNrGroups": 1, "rlnNrOpticsGroups": 1,
-        "rlnTau2FudgeFactor": 1.0, "rlnNormCorrectionAverage": 1.0,
-        "rlnSigmaOffsetsAngst": model.sigma_offset_angstrom, "rlnOrientationalPriorMode": 0,
+        "rlnPixelSize": pixel, "rlnNrClasses": n_classes, "rlnNrBodies": 1, "rlnNrGroups": len(group_counts),
+        "rlnNrOpticsGroups": n_groups, "rlnTau2FudgeFactor": tau2_fudge, "rlnNormCorrectionAverage": 1.0,
+        "rlnSigmaOffsetsAngst": model.sigma_offset_angstrom,
+        "rlnOrientationalPriorMode": 0 if state.sigma_ang_deg is None else 1,
         "rlnSigmaPriorRotAngle": state.sigma_ang_deg or 0.0, "rlnSigmaPriorTiltAngle": state.sigma_ang_deg or 0.0,
         "rlnSigmaPriorPsiAngle": state.sigma_ang_deg or 0.0, "rlnLogLikelihood": loglik, "rlnAveragePmax": ave_pmax,
     }
-    ssnr = model.ssnr.numpy()
-    above = np.flatnonzero(ssnr[1:] < 1)
-    est = resolution_angstrom(int(above[0]) if len(above) else box // 2, box, pixel)
-    classes = pd.DataFrame({
-        "rlnReferenceImage": [map_name], "rlnClassDistribution": [1.0], "rlnAccuracyRotations": [acc_rot],
-        "rlnAccuracyTranslationsAngst": [acc_trans_angstrom], "rlnEstimatedResolution": [est],
-        "rlnOverallFourierCompleteness": [1.0],
-    })
     freq = shells / (box * pixel)
     ang = [resolution_angstrom(int(i), box, pixel) for i in shells]
-    class1 = pd.DataFrame({
-        "rlnSpectralIndex": shells, "rlnResolution": freq, "rlnAngstromResolution": ang, "rlnSsnrMap": ssnr,
-        "rlnGoldStandardFsc": model.fsc.numpy(), "rlnReferenceTau2": model.tau2.numpy(),
+    complete = model.completeness if model.completeness is not None else torch.zeros((n_classes, len(shells)))
+    estimated, blocks = [], {}
+    for k in range(n_classes):
+        ssnr = model.ssnr[k].numpy()
+        below = np.flatnonzero(ssnr[1:] < 1)
+        estimated.append(resolution_angstrom(int(below[0]) if len(below) else box // 2, box, pixel))
+        blocks[f"model_class_{k + 1}"] = pd.DataFrame({
+            "rlnSpectralIndex": shells, "rlnResolution": freq, "rlnAngstromResolution": ang, "rlnSsnrMap": ssnr,
+            "rlnGoldStandardFsc": model.fsc[k].numpy(), "rlnFourierCompleteness": complete[k].numpy(),
+            "rlnReferenceTau2": model.tau2[k].numpy(),
+        })
+    overall = [float(c[: state.resolution_shell + 1].mean()) for c in complete.numpy()]
+    classes = pd.DataFrame({
+        "rlnReferenceImage": map_names, "rlnClassDistribution": model.class_prior,
+        "rlnAccuracyRotations": [acc_rot] * n_classes, "rlnAccuracyTranslationsAngst": [acc_trans_angstrom] * n_classes,
+        "rlnEstimatedResolution": estimated, "rlnOverallFourierCompleteness": overall,
     })
-    optics = pd.DataFrame({"rlnSpectralIndex": shells, "rlnResolution": freq,
-                           "rlnSigma2Noise": model.sigma2_noise.numpy()})
-    groups = pd.DataFrame({"rlnGroupNumber": [1], "rlnGroupName": ["group_1"], "rlnGroupScaleCorrection": [1.0]})
-    return {"model_general": general, "model_classes": classes, "model_class_1": class1,
-            "model_optics_group_1": optics, "model_groups": groups}
+    out = {"model_general": general, "model_classes": classes, **blocks}
+    for g in range(n_groups):
+        out[f"model_optics_group_{g + 1}"] = pd.DataFrame({"rlnSpectralIndex": shells, "rlnResolution": freq,
+                                                           "rlnSigma2Noise": model.sigma2_noise[g].numpy()})
+    out["model_groups"] = pd.DataFrame({
+        "rlnGroupNumber": np.arange(1, len(group_counts) + 1),
+        "rlnGroupName": [f"group_{i + 1}" for i in range(len(group_counts))],
+        "rlnGroupNrParticles": group_counts, "rlnGroupScaleCorrection": np.ones(len(group_counts)),
+    })
+    for k in range(n_classes):
+        out[f"model_pdf_orient_class_{k + 1}"] = pd.DataFrame({"rlnOrientationDistribution": model.pdf_direction[k]})
+    return out
 
 
 def write_iteration(folder: Path, prefix: str, *, maps: dict[str, torch.Tensor], pixel: float,
@@ -84,13 +105,13 @@ def write_iteration(folder: Path, prefix: str, *, maps: dict[str, torch.Tensor],
         tmp.write_text(json.dumps(state, indent=1))
 
 
-def half_model_to_json(m: HalfModel) -> dict:
+def model_to_json(m: Model) -> dict:
     return {"sigma2_noise": m.sigma2_noise.tolist(), "tau2": m.tau2.tolist(), "fsc": m.fsc.tolist(),
             "ssnr": m.ssnr.tolist(), "sigma_offset_angstrom": m.sigma_offset_angstrom,
-            "pdf_direction": m.pdf_direction.tolist(), "rho": m.rho}
+            "pdf_direction": m.pdf_direction.tolist(), "class_prior": m.class_prior.tolist(), "rho": m.rho}
 
 
-def half_model_from_json(d: dict, reference: torch.Tensor) -> HalfModel:
+def model_from_json(d: dict, references: list[torch.Tensor]) -> Model:
     t = lambda k: torch.tensor(d[k], dtype=torch.float64)  # noqa: E731
-    return HalfModel(reference, t("sigma2_noise"), t("tau2"), t("fsc"), t("ssnr"), d["sigma_offset_angstrom"],
-                     np.array(d["pdf_direction"]), d["rho"])
+    return Model(references, t("sigma2_noise"), t("tau2"), t("fsc"), t("ssnr"), d["sigma_offset_angstrom"],
+                 np.array(d["pdf_direction"]), np.array(d["class_prior"]), d["rho"])

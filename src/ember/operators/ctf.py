@@ -9,24 +9,29 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from ember.errors import EmberInputError
 from ember.maths.fourier import rfft_frequencies_2d
 
 
-def electron_wavelength_angstrom(voltage_kv: float) -> float:
-    """Relativistic electron wavelength λ in Å for an acceleration voltage in kV."""
+def electron_wavelength_angstrom(voltage_kv: float | torch.Tensor) -> float | torch.Tensor:
+    """Relativistic electron wavelength λ in Å for an acceleration voltage in kV (float or tensor)."""
     v = voltage_kv * 1e3
+    if isinstance(v, torch.Tensor):
+        return 12.2643247 / torch.sqrt(v * (1 + 0.978466e-6 * v))
     return 12.2643247 / math.sqrt(v * (1 + 0.978466e-6 * v))
 
 
 @dataclass(frozen=True)
 class CtfOptics:
-    """Per-optics-group CTF constants: voltage (kV), Cs (mm), amplitude contrast Q0."""
+    """CTF constants: voltage (kV), Cs (mm), amplitude contrast Q0. Each is a float (one optics
+    group for the whole batch) or a (B,) tensor (per particle, e.g. from `particle_optics`)."""
 
-    voltage_kv: float = 300.0
-    cs_mm: float = 2.7
-    amplitude_contrast: float = 0.1
+    voltage_kv: float | torch.Tensor = 300.0
+    cs_mm: float | torch.Tensor = 2.7
+    amplitude_contrast: float | torch.Tensor = 0.1
 
 
 def ctf_from_frequencies(
@@ -43,19 +48,23 @@ def ctf_from_frequencies(
     """CTF at spatial frequencies.
 
     s_xy : (..., 2) spatial frequencies (sx, sy) in Å⁻¹
+    optics : one group's constants (floats) or per-particle (B,) tensors
     per-particle parameters : (B,) tensors (or floats); defocus in Å, angle in degrees
     returns : (B, ...) real CTF values, |CTF| clamped to ≥ 1e−8 as RELION does
     """
     dtype = s_xy.dtype
-    lam = electron_wavelength_angstrom(optics.voltage_kv)
-    k1 = math.pi * lam
-    k2 = math.pi / 2 * optics.cs_mm * 1e7 * lam**3
-    q0 = optics.amplitude_contrast
-    k3 = math.atan(q0 / math.sqrt(1 - q0 * q0))
 
-    def per_particle(v: torch.Tensor | float) -> torch.Tensor:
-        t = torch.as_tensor(v, device=s_xy.device).to(dtype).reshape(-1)
+    def per_particle(v: torch.Tensor | float, as_dtype: torch.dtype = dtype) -> torch.Tensor:
+        t = v if isinstance(v, torch.Tensor) else torch.as_tensor(v, dtype=torch.float64)  # floats stay exact
+        t = t.to(device=s_xy.device, dtype=as_dtype).reshape(-1)
         return t.reshape(-1, *([1] * (s_xy.dim() - 1)))
+
+    # optics constants in float64 (as RELION), then cast
+    lam = electron_wavelength_angstrom(per_particle(optics.voltage_kv, torch.float64))
+    k1 = (math.pi * lam).to(dtype)
+    k2 = (math.pi / 2 * per_particle(optics.cs_mm, torch.float64) * 1e7 * lam**3).to(dtype)
+    q0 = per_particle(optics.amplitude_contrast, torch.float64)
+    k3 = torch.atan(q0 / torch.sqrt(1 - q0 * q0)).to(dtype)
 
     du, dv = per_particle(defocus_u_angstrom), per_particle(defocus_v_angstrom)
     ang = torch.deg2rad(per_particle(defocus_angle_deg))
@@ -81,10 +90,23 @@ def ctf_2d(box: int, pixel_size: float, **params) -> torch.Tensor:
     return ctf_from_frequencies(s, **params)
 
 
+def particle_optics(dataset, indices) -> CtfOptics:
+    """CtfOptics of (B,) float64 tensors: each particle's optics-group voltage, Cs and Q0."""
+    group = dataset.optics_group_index()[indices]
+
+    def per_group(field: str) -> torch.Tensor:
+        values = [getattr(o, field) for o in dataset.optics_groups]
+        return torch.as_tensor(values, dtype=torch.float64)[torch.as_tensor(group)]
+
+    return CtfOptics(per_group("voltage_kv"), per_group("cs_mm"), per_group("amplitude_contrast"))
+
+
 def particle_ctfs(dataset, indices, *, device=None, dtype=torch.float32) -> torch.Tensor:
-    """CTFs (B, N, N//2+1) of particles `indices` of a `ParticleDataSet` (RELION columns)."""
-    o = dataset.optics
-    optics = CtfOptics(o.voltage_kv, o.cs_mm, o.amplitude_contrast)
+    """CTFs (B, N, N//2+1) of particles `indices` of a `ParticleDataSet` (RELION columns), each
+    with its own optics group's voltage, Cs and amplitude contrast."""
+    if not dataset.has_ctf:
+        raise EmberInputError(dataset.star_path, "the particles have no rlnDefocusU/V columns", "add CTF parameters")
+    optics = particle_optics(dataset, np.asarray(indices))
 
     def col(name: str, default: float) -> torch.Tensor:
         return torch.as_tensor(dataset.column(name, default)[indices], dtype=torch.float64)

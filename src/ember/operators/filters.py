@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ember.maths.fourier import fft3_centered, ifft3_centered, rfft_frequencies_3d
@@ -15,3 +16,17 @@ def lowpass_raised_cosine(volume: torch.Tensor, shell: float, width: float = 2.0
     edge = ((r - (shell - width / 2)) / width).clamp(0, 1)
     factor = 0.5 + 0.5 * torch.cos(torch.pi * edge)
     return ifft3_centered(fft3_centered(volume.to(torch.float64)) * factor, n)
+
+
+def symmetrise_map(volume: torch.Tensor, operators: torch.Tensor) -> torch.Tensor:
+    """Average of a map (N, N, N) over point-group operators (G, 3, 3) acting on map (x, y, z)
+    about the centre voxel N/2 (trilinear interpolation): V_sym(r) = (1/G) Σ_g V(R_gᵀ r)."""
+    from scipy.ndimage import affine_transform
+
+    vol = volume.to(torch.float64).numpy()
+    c = np.full(3, volume.shape[-1] // 2, dtype=np.float64)
+    out = np.zeros_like(vol)
+    for r in operators.numpy():
+        m = r.T[::-1, ::-1]  # (x, y, z) rotation → array (z, y, x) axes
+        out += affine_transform(vol, m, offset=c - m @ c, order=1, mode="constant")
+    return torch.from_numpy(out / len(operators))

@@ -156,6 +156,17 @@ class Reconstructor:
         avg = torch.where(weight > 0, data / weight.clamp(min=1e-300), torch.zeros_like(data))
         return avg, shell_index(torch.stack([x, y, z], dim=-1))
 
+    def completeness(self, tau2: torch.Tensor, tau2_fudge: float = 1.0) -> torch.Tensor:
+        """(N//2+1,) fraction of the padded voxels of each shell with ω·T·τ²·weight ≥ 1
+        (RELION rlnFourierCompleteness)."""
+        n_shells = self.box // 2 + 1
+        shells = self.shells().reshape(-1)
+        keep = shells < n_shells
+        s = shells[keep]
+        ratio = self.pad**3 * tau2_fudge * tau2.to(self.device, torch.float64)[s] * self.weight.reshape(-1)[keep]
+        hit = torch.zeros(n_shells, dtype=torch.float64, device=self.device).index_add_(0, s, (ratio >= 1).double())
+        return hit / torch.bincount(s, minlength=n_shells).double().clamp(min=1)
+
     def sigma2_ref(self) -> torch.Tensor:
         """(N//2+1,) count / Σ(ω·weight) per shell (RELION rlnReferenceSigma2)."""
         n_shells = self.box // 2 + 1
