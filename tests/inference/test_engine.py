@@ -26,7 +26,7 @@ AKE_OPEN = ROOT.parent / "shared" / "data" / "structures" / "4ake.pdb"
 BOX, PIXEL, RADIUS = 32, 2.5, 14.0
 
 
-def _data(tmp: Path, model: Path, n: int, snr: float, seed: int, pixel: float = PIXEL
+def _data(tmp: Path, model: Path, n: int, snr: float | None, seed: int, pixel: float = PIXEL
           ) -> tuple[ParticleDataSet, torch.Tensor]:
     star = simulate(SimulateConfig(output=tmp, n_particles=n, model_path=model, box=BOX, pixel_size=pixel, snr=snr,
                                    max_offset_px=1.5, seed=seed))
@@ -106,3 +106,79 @@ def test_two_classes_separate_images_of_two_maps(tmp_path):
         err = angular_distance_deg(euler_to_matrix(torch.from_numpy(res.angles)),
                                    euler_to_matrix(torch.from_numpy(ds.angles_deg())))
         assert float(err.median()) < 7.5
+
+
+def _two_group_star(tmp: Path, ds: ParticleDataSet, images2: np.ndarray, premultiplied: bool) -> Path:
+    """A STAR of the particles of `ds` twice: group 1 the original images, group 2 `images2`."""
+    from ember.io.mrc import write_map
+    from ember.io.star import ParticleTable, read_particles_star, write_particles_star
+
+    write_map(tmp / "g2.mrcs", images2.astype(np.float32), ds.pixel_size)
+    t = read_particles_star(ds.star_path)
+    first = t.particles.assign(rlnImageName=ds.image_names_relative_to(tmp), rlnOpticsGroup=1)
+    second = t.particles.assign(rlnImageName=[f"{i + 1:06d}@g2.mrcs" for i in range(len(ds))], rlnOpticsGroup=2)
+    optics = t.optics.iloc[[0, 0]].reset_index(drop=True).assign(rlnOpticsGroup=[1, 2],
+                                                                  rlnOpticsGroupName=["one", "two"])
+    optics["rlnCtfDataAreCtfPremultiplied"] = [0, int(premultiplied)]
+    import pandas as pd
+
+    write_particles_star(tmp / "two.star", ParticleTable(optics, pd.concat([first, second], ignore_index=True)))
+    return tmp / "two.star"
+
+
+def test_sigma2_is_learned_per_optics_group(noisy, tmp_path):
+    """Group 2 = the same particles with extra white noise (variance 1 → 4): from a flat start the
+    M-step's σ² of group 2 is 4× group 1's at high resolution, where the data are noise."""
+    from ember.inference.mstep import update_sigma2
+
+    ds, truth = noisy
+    gen = np.random.default_rng(1)
+    images = ds.images(np.arange(len(ds)))
+    two = ParticleDataSet.from_star(_two_group_star(tmp_path, ds, images + gen.normal(0, 3**0.5, images.shape),
+                                                    premultiplied=False))
+    sampling = SamplingState(2, 1, 2.0, 1.0, np.arange(192))
+    n = len(two)
+    model = Model.initial([truth], torch.ones((2, BOX // 2 + 1), dtype=torch.float64), 10.0, np.full(192, 1 / 192))
+    win = FrequencyWindow.build(BOX, BOX)
+    st = EStepSettings(win, win, torch.from_numpy(translation_grid(2.0, 1.0)), 1.0, 1, PIXEL)
+    sums = Sums.empty(BOX, 1, 2, 192)
+    run_expectation(two, np.arange(n), model, sampling, st, sums, ParticleResults.empty(n),
+                    prior_angles_deg=np.zeros((n, 3)), prior_offsets_px=np.zeros((n, 2)),
+                    symmetry=symmetry_operators("C1"), mask_radius_px=RADIUS)
+    assert sums.n_images.tolist() == pytest.approx([len(ds), len(ds)], rel=2e-3)  # 99.9 % kept
+    sigma2 = update_sigma2(sums, model.sigma2_noise)
+    ratio = sigma2[1, 10:] / sigma2[0, 10:]
+    assert float(ratio.mean()) == pytest.approx(4.0, rel=0.1)
+
+
+def test_premultiplied_images_give_the_same_poses_and_sums(tmp_path):
+    """Group 2 holds the same clean images stored as C·X with rlnCtfDataAreCtfPremultiplied = 1:
+    the E-step finds the same poses and back-projects the same C·X and C² (ALGORITHM §3.3)."""
+    from ember.maths.fourier import fft2_centered, ifft2_centered
+    from ember.operators.ctf import particle_ctfs
+
+    ds, truth = _data(tmp_path / "clean", AKE_CLOSED, 10, None, 7)
+    idx = np.arange(len(ds))
+    c = particle_ctfs(ds, idx, dtype=torch.float64)
+    pre = ifft2_centered(fft2_centered(torch.from_numpy(ds.images(idx)).double()) * c, BOX).numpy()
+    two = ParticleDataSet.from_star(_two_group_star(tmp_path, ds, pre, premultiplied=True))
+    sampling = SamplingState(2, 1, 2.0, 1.0, np.arange(192))
+    results, sums = [], []
+    for rows in (idx, idx + len(ds)):
+        sigma2 = 1e-3 * initial_sigma2(two, idx, RADIUS)[:1].repeat(2, 1)  # clean images: sharp posteriors
+        model = Model.initial([truth], sigma2, 10.0, np.full(192, 1 / 192))
+        win = FrequencyWindow.build(BOX, BOX)
+        st = EStepSettings(win, win, torch.from_numpy(translation_grid(2.0, 1.0)), 1.0, 1, PIXEL)
+        s = Sums.empty(BOX, 1, 2, 192)
+        r = ParticleResults.empty(len(two))
+        run_expectation(two, rows, model, sampling, st, s, r, prior_angles_deg=np.zeros((len(two), 3)),
+                        prior_offsets_px=np.zeros((len(two), 2)), symmetry=symmetry_operators("C1"),
+                        mask_radius_px=RADIUS)
+        results.append(r.angles[rows])
+        assert r.pmax[rows].min() > 0.9
+        sums.append(s.reconstructors[0].sums)
+    err = angular_distance_deg(euler_to_matrix(torch.from_numpy(results[1])),
+                               euler_to_matrix(torch.from_numpy(ds.angles_deg())))
+    assert float(err.median()) < 7.5
+    plain, premult = sums
+    assert float((premult - plain).norm() / plain.norm()) < 0.1
