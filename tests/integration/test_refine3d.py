@@ -112,6 +112,18 @@ def test_relion_reads_ember_data_star(refined, tmp_path):
     assert fsc(torch.from_numpy(ours).double(), torch.from_numpy(theirs).double())[:10].min() > 0.8
 
 
+def test_resolution_inside_the_window_from_a_40_angstrom_start(tmp_path):
+    """Bug B as seen on held-out data (box 64 at 3 Å/px, from 40 Å): the first iterations' windows
+    end far below Nyquist, and their resolution must stay inside them."""
+    star = simulate(SimulateConfig(output=tmp_path / "sim", n_particles=300, model_path=MODEL, box=64,
+                                   pixel_size=3.0, snr=0.1, seed=6))
+    refine3d(config(star, tmp_path / "r", ini_high_angstrom=40.0, max_iterations=2, particle_diameter_angstrom=70.0))
+    for path in sorted((tmp_path / "r").glob("run_it00[12]_half1_model.star")):
+        general = starfile.read(path, always_dict=True)["model_general"]
+        shell = round(64 * 3.0 / float(general["rlnCurrentResolution"]))
+        assert shell <= int(general["rlnCurrentImageSize"]) // 2 < 32, path.name
+
+
 def test_d2_refinement_reaches_the_true_angle_resolution(tmp_path):
     """A D2 object (1AKE placed on a D2 tetramer): gold-standard refinement with --sym D2 reaches
     the resolution of the reconstruction from the true angles within 2 shells, and the local
