@@ -3,7 +3,9 @@
 A *centred half volume* is a (P+1, P+1, P//2+1) array indexed [z, y, x] holding frequency
 (x, y − P/2, z − P/2) in padded-grid units: x ≥ 0 only (the x < 0 half is the complex
 conjugate of the −p point), and the last y and z planes repeat the first ones (±P/2 are the same
-frequency), so that every point with |p| ≤ P/2 has all 8 neighbours in the array.
+frequency), so that every point with |p| ≤ P/2 has all 8 neighbours in the array. A 2D reference
+(a class average) is the same array with a single z plane (1, P+1, P//2+1): points with z = 0 get
+bilinear weights, so the same gather and scatter serve 2D and 3D.
 Gather (projection) and scatter (back-projection) use identical weights: they are adjoint.
 """
 
@@ -26,12 +28,25 @@ def centred_to_half(volume: torch.Tensor) -> torch.Tensor:
     return torch.fft.ifftshift(volume[:-1, :-1], dim=(0, 1))
 
 
+def half_to_centred_2d(spectrum: torch.Tensor) -> torch.Tensor:
+    """(P, P//2+1) FFTW-order 2D half transform → (1, P+1, P//2+1) centred half volume (one z plane)."""
+    c = torch.fft.fftshift(spectrum, dim=0)
+    return torch.cat([c, c[:1]], dim=0)[None]
+
+
+def centred_to_half_2d(volume: torch.Tensor) -> torch.Tensor:
+    """Inverse of `half_to_centred_2d` → (P, P//2+1), FFTW order."""
+    return torch.fft.ifftshift(volume[0, :-1], dim=0)
+
+
 def fold_periodic(volume: torch.Tensor) -> torch.Tensor:
-    """Sum the repeated last planes of an accumulator into the first ones and re-copy them."""
+    """Sum the repeated last planes of an accumulator into the first ones and re-copy them (only y
+    for a single-plane 2D accumulator)."""
     v = volume.clone()
-    v[0] += v[-1]
+    if v.shape[0] > 1:
+        v[0] += v[-1]
+        v[-1] = v[0]
     v[:, 0] += v[:, -1]
-    v[-1] = v[0]
     v[:, -1] = v[:, 0]
     return v
 

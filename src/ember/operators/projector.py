@@ -10,23 +10,23 @@ from dataclasses import dataclass
 
 import torch
 
-from ember.maths.fourier import fft3_centered, rfft_frequencies_2d
-from ember.operators.interpolation import gather, half_to_centred
+from ember.maths.fourier import fft2_centered, fft3_centered, rfft_frequencies_2d
+from ember.operators.interpolation import gather, half_to_centred, half_to_centred_2d
 from ember.operators.masks import radius_grid
 
 
-def gridding_kernel(box: int, pad: int, *, device=None, dtype=torch.float64) -> torch.Tensor:
-    """sinc²(r / (pad·N)) on the N³ grid: the real-space footprint of trilinear interpolation."""
-    r = radius_grid(box, 3, device=device).to(dtype) / (pad * box)
+def gridding_kernel(box: int, pad: int, *, ndim: int = 3, device=None, dtype=torch.float64) -> torch.Tensor:
+    """sinc²(r / (pad·N)) on the N^ndim grid: the real-space footprint of (tri/bi)linear interpolation."""
+    r = radius_grid(box, ndim, device=device).to(dtype) / (pad * box)
     return torch.sinc(r) ** 2
 
 
 def pad_volume(volume: torch.Tensor, size: int) -> torch.Tensor:
-    """Zero-pad a centred (N, N, N) volume to (size, size, size), keeping the centre at size/2."""
+    """Zero-pad a centred (N,)*d volume or image to (size,)*d, keeping the centre at size/2."""
     n = volume.shape[-1]
-    out = volume.new_zeros((size, size, size))
+    out = volume.new_zeros((size,) * volume.dim())
     o = size // 2 - n // 2
-    out[o : o + n, o : o + n, o : o + n] = volume
+    out[(slice(o, o + n),) * volume.dim()] = volume
     return out
 
 
@@ -40,7 +40,8 @@ def frequency_points(window: int) -> torch.Tensor:
 class Projector:
     """Padded, gridding-pre-corrected, centred half transform of a reference.
 
-    spectrum : (P+1, P+1, P//2+1) complex, P = pad·N (see `operators.interpolation`)
+    spectrum : (P+1, P+1, P//2+1) complex for a 3D reference, (1, P+1, P//2+1) for a 2D one
+    (a class average, "projected" by in-plane rotations about z), P = pad·N
     box : N (pixels); pad : padding factor; r_max : largest shell projected (≤ N/2)
     """
 
@@ -60,6 +61,18 @@ class Projector:
         spectrum = fft3_centered(pad_volume(corrected, size)) * (pad**3 * n)
         r = n // 2 if r_max is None else min(r_max, n // 2)
         return cls(half_to_centred(spectrum).to(dtype), n, pad, r)
+
+    @classmethod
+    def from_image(
+        cls, image: torch.Tensor, *, pad: int = 2, r_max: int | None = None, dtype=torch.complex64
+    ) -> Projector:
+        """Prepare a 2D reference (N, N) (origin at N/2): sections at in-plane rotations A
+        (R, 3, 3) about z are the rotated image's `fft2_centered`."""
+        n = image.shape[-1]
+        corrected = image.to(torch.float64) / gridding_kernel(n, pad, ndim=2, device=image.device)
+        spectrum = fft2_centered(pad_volume(corrected, pad * n)) * pad**2
+        r = n // 2 if r_max is None else min(r_max, n // 2)
+        return cls(half_to_centred_2d(spectrum).to(dtype), n, pad, r)
 
     def project(self, rotations: torch.Tensor, *, window: int | None = None, chunk: int = 256) -> torch.Tensor:
         """Central sections for rotations (R, 3, 3) → (R, W, W//2+1) complex, FFTW order.

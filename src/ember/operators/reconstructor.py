@@ -11,6 +11,7 @@ import torch
 from ember.maths.fourier import hermitian_unique_mask_2d, rfft_frequencies_2d, shell_index
 from ember.operators.interpolation import (
     centred_to_half,
+    centred_to_half_2d,
     fold_periodic,
     gather,
     scatter_add,
@@ -25,14 +26,17 @@ class Reconstructor:
 
     While inserting, `sums` (P+1, P+1, P//2+1, 3) float32 holds (Re data, Im data, weight);
     `prepare` turns it into `data` complex128 and `weight` float64 of shape (P+1, P+1, P//2+1).
-    P = pad·N.
+    P = pad·N. With `ndim=2` the reconstruction is an (N, N) image (a 2D class average) from
+    images inserted at in-plane rotations about z, on a single plane (1, P+1, P//2+1).
     """
 
-    def __init__(self, box: int, *, pad: int = 2, r_max: int | None = None, device=None) -> None:
-        self.box, self.pad = box, pad
+    def __init__(self, box: int, *, pad: int = 2, r_max: int | None = None, ndim: int = 3, device=None) -> None:
+        if ndim not in (2, 3):
+            raise ValueError(f"ndim must be 2 or 3, not {ndim}")
+        self.box, self.pad, self.ndim = box, pad, ndim
         self.r_max = box // 2 if r_max is None else min(r_max, box // 2)
         size = pad * box
-        shape = (size + 1, size + 1, size // 2 + 1)
+        shape = (size + 1 if ndim == 3 else 1, size + 1, size // 2 + 1)
         self.sums = torch.zeros((*shape, 3), dtype=torch.float32, device=device)
         self.data = torch.zeros(0, dtype=torch.complex128, device=device)
         self.weight = torch.zeros(0, dtype=torch.float64, device=device)
@@ -44,11 +48,12 @@ class Reconstructor:
         return self.sums.device
 
     def _voxel_frequencies(self) -> torch.Tensor:
-        """(P+1, P+1, P//2+1, 3) (x, y, z) padded-grid frequency of every stored voxel."""
+        """(P+1, P+1, P//2+1, 3) (x, y, z) padded-grid frequency of every stored voxel (z = 0 in 2D)."""
         size = self.pad * self.box
-        zy = torch.arange(size + 1, device=self.device, dtype=torch.float64) - size // 2
+        y = torch.arange(size + 1, device=self.device, dtype=torch.float64) - size // 2
+        z = y if self.ndim == 3 else torch.zeros(1, device=self.device, dtype=torch.float64)
         x = torch.arange(size // 2 + 1, device=self.device, dtype=torch.float64)
-        gz, gy, gx = torch.meshgrid(zy, zy, x, indexing="ij")
+        gz, gy, gx = torch.meshgrid(z, y, x, indexing="ij")
         return torch.stack([gx, gy, gz], dim=-1)
 
     def insert(
@@ -107,6 +112,8 @@ class Reconstructor:
         data[..., 0] = data[..., 0] + torch.flip(data[..., 0], dims=(0, 1)).conj()
         weight[..., 0] = weight[..., 0] + torch.flip(weight[..., 0], dims=(0, 1))
         if symmetry is not None and len(symmetry) > 1:
+            if self.ndim == 2:
+                raise ValueError("point-group symmetry applies to 3D reconstructions only")
             data, weight = self._symmetrise(data, weight, symmetry)
         self.data, self.weight = data, weight
         self._prepared = True
@@ -163,7 +170,8 @@ class Reconstructor:
         shells = self.shells().reshape(-1)
         keep = shells < n_shells
         s = shells[keep]
-        ratio = self.pad**3 * tau2_fudge * tau2.to(self.device, torch.float64)[s] * self.weight.reshape(-1)[keep]
+        omega = self.pad**self.ndim
+        ratio = omega * tau2_fudge * tau2.to(self.device, torch.float64)[s] * self.weight.reshape(-1)[keep]
         hit = torch.zeros(n_shells, dtype=torch.float64, device=self.device).index_add_(0, s, (ratio >= 1).double())
         return hit / torch.bincount(s, minlength=n_shells).double().clamp(min=1)
 
@@ -172,7 +180,7 @@ class Reconstructor:
         n_shells = self.box // 2 + 1
         shells = self.shells().reshape(-1)
         keep = shells < n_shells
-        omega = float(self.pad**3)
+        omega = float(self.pad**self.ndim)
         w = torch.zeros(n_shells, dtype=torch.float64, device=self.device)
         c = torch.zeros_like(w)
         w.index_add_(0, shells[keep], omega * self.weight.reshape(-1)[keep])
@@ -187,7 +195,7 @@ class Reconstructor:
         minres_shell: int = 5,
         symmetry: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Regularised reconstruction → (N, N, N) float32 map, origin at N/2.
+        """Regularised reconstruction → (N, N, N) float32 map ((N, N) in 2D), origin at N/2.
 
         tau2 : (N//2+1,) prior power per shell on the 2D-image scale, or None for no prior
         (only RELION's floor ε = 1/1000 of the shell-average weight).
@@ -200,7 +208,8 @@ class Reconstructor:
         weight = self.weight.clone()
         if tau2 is not None:
             t = tau2.to(self.device, torch.float64)
-            reg_shell = torch.where(t > 0, 1.0 / (pad**3 * tau2_fudge * t.clamp(min=1e-300)), torch.zeros_like(t))
+            omega = pad**self.ndim
+            reg_shell = torch.where(t > 0, 1.0 / (omega * tau2_fudge * t.clamp(min=1e-300)), torch.zeros_like(t))
             s = shells.clamp(max=n_shells - 1)
             reg = reg_shell[s]
             no_prior = t[s] <= 0
@@ -219,6 +228,12 @@ class Reconstructor:
     def _to_real_space(self, spectrum: torch.Tensor) -> torch.Tensor:
         n, pad = self.box, self.pad
         size = pad * n
+        if self.ndim == 2:
+            img = torch.fft.irfft2(centred_to_half_2d(spectrum), s=(size, size), norm="forward") / pad**2
+            o = size // 2 - n // 2
+            img = torch.fft.fftshift(img)[o : o + n, o : o + n]
+            img = soft_mask_outside(img, n / 2, 5.0) / gridding_kernel(n, pad, ndim=2, device=img.device)
+            return img.to(torch.float32)
         half = centred_to_half(spectrum)
         vol = torch.fft.irfftn(half, s=(size, size, size), norm="forward") / (pad**3 * n)
         vol = torch.fft.fftshift(vol)
