@@ -108,15 +108,22 @@ def test_two_classes_separate_images_of_two_maps(tmp_path):
         assert float(err.median()) < 7.5
 
 
-def _two_group_star(tmp: Path, ds: ParticleDataSet, images2: np.ndarray, premultiplied: bool) -> Path:
-    """A STAR of the particles of `ds` twice: group 1 the original images, group 2 `images2`."""
+def _two_group_star(tmp: Path, ds: ParticleDataSet, images2: np.ndarray, premultiplied: bool,
+                    images1: np.ndarray | None = None) -> Path:
+    """A STAR of the particles of `ds` twice: optics (and scale) group 1 the original images (or
+    `images1`), group 2 `images2`."""
     from ember.io.mrc import write_map
     from ember.io.star import ParticleTable, read_particles_star, write_particles_star
 
     write_map(tmp / "g2.mrcs", images2.astype(np.float32), ds.pixel_size)
     t = read_particles_star(ds.star_path)
-    first = t.particles.assign(rlnImageName=ds.image_names_relative_to(tmp), rlnOpticsGroup=1)
-    second = t.particles.assign(rlnImageName=[f"{i + 1:06d}@g2.mrcs" for i in range(len(ds))], rlnOpticsGroup=2)
+    names = ds.image_names_relative_to(tmp)
+    if images1 is not None:
+        write_map(tmp / "g1.mrcs", images1.astype(np.float32), ds.pixel_size)
+        names = [f"{i + 1:06d}@g1.mrcs" for i in range(len(ds))]
+    first = t.particles.assign(rlnImageName=names, rlnOpticsGroup=1, rlnGroupNumber=1)
+    second = t.particles.assign(rlnImageName=[f"{i + 1:06d}@g2.mrcs" for i in range(len(ds))], rlnOpticsGroup=2,
+                                rlnGroupNumber=2)
     optics = t.optics.iloc[[0, 0]].reset_index(drop=True).assign(rlnOpticsGroup=[1, 2],
                                                                   rlnOpticsGroupName=["one", "two"])
     optics["rlnCtfDataAreCtfPremultiplied"] = [0, int(premultiplied)]
@@ -138,7 +145,8 @@ def test_sigma2_is_learned_per_optics_group(noisy, tmp_path):
                                                     premultiplied=False))
     sampling = SamplingState(2, 1, 2.0, 1.0, np.arange(192))
     n = len(two)
-    model = Model.initial([truth], torch.ones((2, BOX // 2 + 1), dtype=torch.float64), 10.0, np.full(192, 1 / 192))
+    model = Model.initial([truth], torch.ones((2, BOX // 2 + 1), dtype=torch.float64), 10.0, np.full(192, 1 / 192),
+                          n_scale_groups=2)
     win = FrequencyWindow.build(BOX, BOX)
     st = EStepSettings(win, win, torch.from_numpy(translation_grid(2.0, 1.0)), 1.0, 1, PIXEL)
     sums = Sums.empty(BOX, 1, 2, 192)
@@ -166,7 +174,7 @@ def test_premultiplied_images_give_the_same_poses_and_sums(tmp_path):
     results, sums = [], []
     for rows in (idx, idx + len(ds)):
         sigma2 = 1e-3 * initial_sigma2(two, idx, RADIUS)[:1].repeat(2, 1)  # clean images: sharp posteriors
-        model = Model.initial([truth], sigma2, 10.0, np.full(192, 1 / 192))
+        model = Model.initial([truth], sigma2, 10.0, np.full(192, 1 / 192), n_scale_groups=2)
         win = FrequencyWindow.build(BOX, BOX)
         st = EStepSettings(win, win, torch.from_numpy(translation_grid(2.0, 1.0)), 1.0, 1, PIXEL)
         s = Sums.empty(BOX, 1, 2, 192)
@@ -182,3 +190,53 @@ def test_premultiplied_images_give_the_same_poses_and_sums(tmp_path):
     assert float(err.median()) < 7.5
     plain, premult = sums
     assert float((premult - plain).norm() / plain.norm()) < 0.1
+
+
+def _estep_two(two: ParticleDataSet, model: Model, **settings) -> tuple[ParticleResults, Sums]:
+    n = len(two)
+    win = FrequencyWindow.build(BOX, BOX)
+    st = EStepSettings(win, win, torch.from_numpy(translation_grid(2.0, 1.0)), 1.0, 1, PIXEL, **settings)
+    sums = Sums.empty(BOX, 1, 2, 192, n_scale_groups=2)
+    res = ParticleResults.empty(n)
+    run_expectation(two, np.arange(n), model, SamplingState(2, 1, 2.0, 1.0, np.arange(192)), st, sums, res,
+                    prior_angles_deg=np.zeros((n, 3)), prior_offsets_px=np.zeros((n, 2)),
+                    symmetry=symmetry_operators("C1"), mask_radius_px=RADIUS)
+    return res, sums
+
+
+def test_norm_correction_follows_image_intensity(noisy, tmp_path):
+    """Group 2 = the same images ×2 (noise-dominated, SNR 0.05): the new norm corrections of group 2
+    are twice those of group 1 (the residual's standard deviation, ALGORITHM §5.6)."""
+    from ember.inference.mstep import norm_corrections
+
+    ds, truth = noisy
+    images = ds.images(np.arange(len(ds)))
+    two = ParticleDataSet.from_star(_two_group_star(tmp_path, ds, 2 * images, premultiplied=False))
+    sigma2 = initial_sigma2(two, np.arange(len(two)), RADIUS)
+    model = Model.initial([truth], sigma2, 10.0, np.full(192, 1 / 192), n_scale_groups=2)
+    res, _ = _estep_two(two, model, norm_residuals=True)
+    norms = norm_corrections(np.ones(len(two)), res.residual_power, 1.0)
+    first, second = norms[: len(ds)], norms[len(ds) :]
+    assert 0.5 < first.mean() < 1.1  # unit-variance noise, partly replaced by the mask's background
+    assert second.mean() / first.mean() == pytest.approx(2.0, rel=0.1)
+
+
+def test_scale_correction_recovers_the_group_intensity(tmp_path):
+    """Scale group 2 holds the signal ×1.5 with the same noise: the M-step's group scales are in
+    the ratio 1.5 and average 1 over the particles (RELION's normalisation)."""
+    from ember.inference.mstep import group_scales
+
+    ds, truth = _data(tmp_path / "clean", AKE_CLOSED, 16, None, 9)
+    clean = ds.images(np.arange(len(ds)))
+    gen = np.random.default_rng(2)
+    sd = 0.5 * clean.std()
+    two = ParticleDataSet.from_star(_two_group_star(
+        tmp_path, ds, 1.5 * clean + gen.normal(0, sd, clean.shape), premultiplied=False,
+        images1=clean + gen.normal(0, sd, clean.shape)))
+    sigma2 = initial_sigma2(two, np.arange(len(two)), RADIUS)
+    model = Model.initial([truth], sigma2, 10.0, np.full(192, 1 / 192), n_scale_groups=2)
+    model.ssnr[:] = 10.0  # every shell counts (data_vs_prior > 3)
+    _, sums = _estep_two(two, model, scale_sums=True)
+    scale = group_scales(sums, model.scale)
+    assert scale[1] / scale[0] == pytest.approx(1.5, rel=0.05)
+    assert scale.mean() == pytest.approx(1.0, rel=1e-3)  # particle-weighted mean 1

@@ -154,8 +154,12 @@ def test_d2_refinement_reaches_the_true_angle_resolution(tmp_path):
 def test_continue_reproduces_the_next_iteration(tmp_path):
     star = simulate(SimulateConfig(output=tmp_path / "sim", n_particles=200, model_path=MODEL, box=32,
                                    pixel_size=2.5, snr=0.5, seed=2))
-    refine3d(config(star, tmp_path / "a", max_iterations=2))
-    refine3d(config(star, tmp_path / "b", max_iterations=2, continue_from=tmp_path / "a" / "run_it001_state.json"))
+    refine3d(config(star, tmp_path / "a", max_iterations=2, norm=True))
+    refine3d(config(star, tmp_path / "b", max_iterations=2, norm=True,
+                    continue_from=tmp_path / "a" / "run_it001_state.json"))
     a, _ = read_map(tmp_path / "a" / "run_it002_half1_class001.mrc")
     b, _ = read_map(tmp_path / "b" / "run_it002_half1_class001.mrc")
     np.testing.assert_allclose(a, b, atol=1e-4 * np.abs(a).max())
+    norms = [read_particles_star(tmp_path / r / "run_it002_data.star").particles["rlnNormCorrection"] for r in "ab"]
+    np.testing.assert_allclose(norms[0], norms[1], rtol=1e-5)  # STAR holds 6 digits
+    assert norms[0].std() > 0  # --norm: per-particle values, not the constant 1

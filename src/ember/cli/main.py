@@ -252,6 +252,8 @@ def refine3d(
     maxsig: Annotated[Optional[int], typer.Option("--maxsig", help="At most this many significant coarse samples per image (default: no cap).")] = None,
     iterations: Annotated[int, typer.Option("--iter", help="Maximum number of iterations before the final one.")] = 50,
     sigma_ang: Annotated[Optional[float], typer.Option("--sigma_ang", help="Local searches from the first iteration: σ (degrees) of the Gaussian prior around each particle's prior angles (rlnAngleRot/Tilt/PsiPrior where set, else its current angles); ±3σ are searched.")] = None,
+    norm: Annotated[bool, typer.Option("--norm", help="Per-particle norm correction (RELION --norm): images scaled by ⟨norm⟩/norm_j, norm_j = residual standard deviation.")] = False,
+    scale: Annotated[bool, typer.Option("--scale", help="Per-group intensity scale correction (RELION --scale) over rlnGroupNumber groups (needs ≥ 2 groups).")] = False,
     maxcc: Annotated[bool, typer.Option("--maxcc", help="Conventional baseline: best cross-correlation match, one orientation per image.")] = False,
     no_halves: Annotated[bool, typer.Option("--no_halves", help="Refine one model from all data (no gold standard).")] = False,
     no_ctf: Annotated[bool, typer.Option("--no-ctf", help="Ignore the CTF columns.")] = False,
@@ -277,7 +279,7 @@ def refine3d(
         star=star, reference=reference, output=output, particle_diameter_angstrom=particle_diameter, symmetry=sym,
         ini_high_angstrom=ini_high, healpix_order=healpix_order, oversampling=oversampling,
         offset_range_px=offset_range, offset_step_px=offset_step, auto_local_healpix_order=auto_local_healpix_order,
-        low_resol_join_halves_angstrom=low_resol_join_halves, tau2_fudge=tau2_fudge, maxsig=maxsig, sigma_ang_deg=sigma_ang,
+        low_resol_join_halves_angstrom=low_resol_join_halves, tau2_fudge=tau2_fudge, maxsig=maxsig, sigma_ang_deg=sigma_ang, norm=norm, scale=scale,
         max_iterations=iterations, maxcc=maxcc, no_halves=no_halves, ctf=not no_ctf, batch_size=batch_size,
         device=device, threads=threads, seed=seed, continue_from=continue_from,
     )

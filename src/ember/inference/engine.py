@@ -49,6 +49,7 @@ def run_expectation(
     prior_angles_deg: np.ndarray,
     prior_offsets_px: np.ndarray,
     offset_priors_px: np.ndarray | None = None,
+    image_scales: np.ndarray | None = None,
     symmetry: torch.Tensor,
     mask_radius_px: float,
     batch_size: int = 64,
@@ -59,7 +60,7 @@ def run_expectation(
 
     prior_angles_deg : (n, 3) centres of local searches; prior_offsets_px : (n, 2) current origins
     (images are pre-centred by their rounded values); offset_priors_px : (n, 2) centres of the
-    offset prior (default 0)."""
+    offset prior (default 0); image_scales : (n,) factors on the images (norm correction avg/norm_j)."""
     r_max = settings.fine_window.size // 2
     projectors = [Projector.from_volume(ref, r_max=r_max) for ref in model.references]
     shared, grid = None, None
@@ -72,7 +73,8 @@ def run_expectation(
     for start in range(0, len(indices), batch_size):
         idx = indices[start : start + batch_size]
         batch = prepare_batch(dataset, idx, prior_offsets_px[idx], mask_radius_px=mask_radius_px, use_ctf=use_ctf,
-                              offset_priors_px=None if offset_priors_px is None else offset_priors_px[idx])
+                              offset_priors_px=None if offset_priors_px is None else offset_priors_px[idx],
+                              image_scale=None if image_scales is None else image_scales[idx])
         if shared is None:
             cand = local_candidates(sampling, prior_angles_deg[idx], symmetry, model.rho).with_classes(log_pi)
             proj = project_rows(projectors, cand.matrices, cand.classes, settings.coarse_window.k)

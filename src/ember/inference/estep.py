@@ -82,6 +82,8 @@ class EStepSettings:
     adaptive_fraction: float = 0.999
     weighting: Marginalisation | CrossCorrelation | None = None
     maxsig: int | None = None
+    norm_residuals: bool = False  # per-image residual power for the norm correction (also under maxCC)
+    scale_sums: bool = False  # signal/reference products per intensity-scale group (§5.6)
 
     def __post_init__(self) -> None:
         if self.weighting is None:
@@ -234,7 +236,7 @@ def significance(weights: torch.Tensor, fraction: float) -> tuple[torch.Tensor, 
 @dataclass
 class Pixels:
     """A batch at one window: masked images x, unmasked x0, (B, K) complex; the CTF terms c_ref,
-    c_image, c2 and noise weights w (B, K); σ² per pixel (B, K)."""
+    c_image, c2 and noise weights w (B, K); σ² per pixel (B, K); intensity scale s (B,)."""
 
     x: torch.Tensor
     x0: torch.Tensor
@@ -243,13 +245,20 @@ class Pixels:
     c2: torch.Tensor
     w: torch.Tensor
     sigma2: torch.Tensor
+    scale: torch.Tensor
 
     @classmethod
     def of(cls, batch: ImageBatch, win: FrequencyWindow, model: Model, weighting) -> Pixels:
         sigma2 = model.sigma2_noise[batch.group][:, win.shell]
-        c_ref, c_image, c2 = batch.ctf_terms(win)
+        scale = torch.from_numpy(np.asarray(model.scale, dtype=np.float64))[batch.scale_group]
+        c_ref, c_image, c2 = batch.ctf_terms(win, scale)
         return cls(batch.window(win), batch.window(win, masked=False), c_ref, c_image, c2,
-                   weighting.noise_weights(sigma2, win.shell), sigma2)
+                   weighting.noise_weights(sigma2, win.shell), sigma2, scale)
+
+    def rows(self, g: torch.Tensor) -> Pixels:
+        """The images at positions g of this batch."""
+        return Pixels(self.x[g], self.x0[g], self.c_ref[g], self.c_image[g], self.c2[g], self.w[g], self.sigma2[g],
+                      self.scale[g])
 
     def term2(self) -> torch.Tensor:
         """Σ_k w|X|² per image (B,) float64."""
@@ -420,15 +429,34 @@ def _child_matrices(cand: Candidates, uniq_r: torch.Tensor, children: Orientatio
     return children.matrices() @ perturb.repeat_interleave(n_child, dim=0)
 
 
-def _add_per_group(sums: Sums, batch: ImageBatch, shell: torch.Tensor, per_image: torch.Tensor,
-                   gamma_image: torch.Tensor) -> None:
-    """σ² sums: per-image residual power (B, K) at pixels of `shell` into each image's optics group,
-    plus the image power beyond the window; Σγ per group."""
-    g = batch.group[:, None].expand_as(per_image)
-    sums.sigma2.index_put_((g.reshape(-1), shell[None].expand_as(per_image).reshape(-1)),
-                           per_image.reshape(-1).double(), accumulate=True)
-    sums.sigma2.index_add_(0, batch.group, _beyond_window_power(batch, int(shell.max())))
-    sums.n_images.index_add_(0, batch.group, gamma_image.double())
+def _add_residuals(sums: Sums, results: ParticleResults, batch: ImageBatch, shell: torch.Tensor,
+                   per_image: torch.Tensor, gamma_image: torch.Tensor, update_noise: bool) -> None:
+    """Per-image residual power Σγ|s·C·V̂ − X|² (B, K) at pixels of `shell`: into the σ² sums of each
+    image's optics group (with the image power beyond the window and Σγ) when `update_noise`, and
+    summed with that power into each particle's residual power (norm correction)."""
+    beyond = _beyond_window_power(batch, int(shell.max()))
+    if update_noise:
+        g = batch.group[:, None].expand_as(per_image)
+        sums.sigma2.index_put_((g.reshape(-1), shell[None].expand_as(per_image).reshape(-1)),
+                               per_image.reshape(-1).double(), accumulate=True)
+        sums.sigma2.index_add_(0, batch.group, beyond)
+        sums.n_images.index_add_(0, batch.group, gamma_image.double())
+    results.residual_power[batch.indices] = (per_image.sum(dim=1) + beyond.sum(dim=1)).numpy()
+
+
+def _add_scale_sums(sums: Sums, batch: ImageBatch, px: Pixels, product: torch.Tensor, power: torch.Tensor,
+                    gamma_image: torch.Tensor) -> None:
+    """Σγ Re(conj(s·C·V̂)·X)/s and Σγ|s·C·V̂|²/s² per image (B,) (shells with data_vs_prior > 3) into
+    the sums of each image's intensity-scale group (RELION `storeWeightedSums`)."""
+    g = batch.scale_group
+    sums.signal_product += np.bincount(g.numpy(), (product / px.scale).numpy(), len(sums.signal_product))
+    sums.reference_power += np.bincount(g.numpy(), (power / px.scale**2).numpy(), len(sums.reference_power))
+    sums.scale_weight += np.bincount(g.numpy(), gamma_image.numpy(), len(sums.scale_weight))
+
+
+def _scale_shells(model: Model, win: FrequencyWindow) -> torch.Tensor:
+    """(K_classes, K) pixels whose shell has data_vs_prior > 3 for each class."""
+    return (model.ssnr > 3)[:, win.shell]
 
 
 def _accumulate(batch: ImageBatch, model: Model, st: EStepSettings, fine: FineSamples, sums: Sums,
@@ -446,6 +474,10 @@ def _accumulate(batch: ImageBatch, model: Model, st: EStepSettings, fine: FineSa
     data = torch.zeros((len(fine.proj), 2 * k), dtype=torch.float32)
     weight = torch.zeros((len(fine.proj), k), dtype=torch.float32)
     residual = torch.zeros((n_b, k), dtype=torch.float64)
+    product = torch.zeros(n_b, dtype=torch.float64)
+    power = torch.zeros(n_b, dtype=torch.float64)
+    residuals = st.weighting.updates_noise or st.norm_residuals
+    strong = _scale_shells(model, win) if st.scale_sums else None
     chunk = max(1, 2_000_000 // k)
     for m0 in range(0, len(gamma), chunk):
         sl = slice(m0, m0 + chunk)
@@ -454,17 +486,25 @@ def _accumulate(batch: ImageBatch, model: Model, st: EStepSettings, fine: FineSa
         # back-projection: data_u += γ C X⁰ shift(t)/σ², weight_u += γ C²/σ²
         data.index_add_(0, uu, _real_cat(g[:, None] * px.c_image[bb] * px.x0[bb] * ph / px.sigma2[bb]))
         weight.index_add_(0, uu, (g[:, None] * px.c2[bb] / px.sigma2[bb]).to(torch.float32))
-        if st.weighting.updates_noise:  # σ²: Σγ|C·P − shift(X_masked)|² per pixel
-            diff = px.c_ref[bb] * fine.proj[uu].to(torch.complex128) - px.x[bb] * ph
-            residual.index_add_(0, bb, g[:, None] * diff.abs() ** 2)
+        if residuals or strong is not None:
+            model_img = px.c_ref[bb] * fine.proj[uu].to(torch.complex128)
+            shifted = px.x[bb] * ph
+        if residuals:  # σ² and norm: Σγ|s·C·P − shift(X_masked)|² per pixel
+            residual.index_add_(0, bb, g[:, None] * (model_img - shifted).abs() ** 2)
+        if strong is not None:
+            keep = strong[fine.classes[uu]]
+            product.index_add_(0, bb, g * ((model_img.conj() * shifted).real * keep).sum(dim=1))
+            power.index_add_(0, bb, g * (model_img.abs() ** 2 * keep).sum(dim=1))
     if grid is not None:
         grid.data += data
         grid.weight += weight
     else:
         insert_rows(sums, data, weight, fine.matrices, fine.classes, win.k)
     g_img = torch.zeros(n_b, dtype=torch.float64).index_add_(0, b, gamma)
-    if st.weighting.updates_noise:
-        _add_per_group(sums, batch, win.shell, residual, g_img)
+    if residuals:
+        _add_residuals(sums, results, batch, win.shell, residual, g_img, st.weighting.updates_noise)
+    if strong is not None:
+        _add_scale_sums(sums, batch, px, product, power, g_img)
     t_rel = (batch.offset0_px[b] + t_px - batch.offset_prior_px[b]) * st.pixel_size
     sums.offset_sq += float((gamma * (t_rel**2).sum(dim=1)).sum())
     cls = fine.classes[u]
@@ -581,13 +621,27 @@ def _dense_fine(batch, model, st, significant, prior_t, cand, grid: FineGrid, su
         grid.weight += per_row.T @ (px.c2 / px.sigma2)[g].to(torch.float32)
         g_img = gamma.sum(dim=1).double()
         sub = batch.subset(g)
-        if st.weighting.updates_noise:
-            s1 = (per_row @ p_abs2).double() * px.c_ref[g] ** 2
+        if st.weighting.updates_noise or st.norm_residuals or st.scale_sums:
+            # per class: Σγ|sCP|² (s1) and Σγ Re(conj(sCP)·shift(X)) (s3) per image and pixel
+            s1 = torch.zeros((n_g, kk), dtype=torch.float64)
+            s3 = torch.zeros((n_g, kk), dtype=torch.float64)
+            strong = _scale_shells(model, win) if st.scale_sums else None
+            product, power = torch.zeros(n_g, dtype=torch.float64), torch.zeros(n_g, dtype=torch.float64)
+            for c in torch.unique(grid.classes).tolist():
+                rows = grid.classes == c
+                s1_c = (per_row[:, rows] @ p_abs2[rows]).double() * px.c_ref[g] ** 2
+                q = (gam2[:, rows] @ p_real[rows]).double()  # (G·T4, 2K)
+                q = torch.complex(q[:, :kk], q[:, kk:]).reshape(n_g, n_t4, kk)
+                s3_c = (y.conj() * q).real.sum(dim=1) * px.c_ref[g]
+                s1 += s1_c
+                s3 += s3_c
+                if strong is not None:
+                    product += (s3_c * strong[c]).sum(dim=1)
+                    power += (s1_c * strong[c]).sum(dim=1)
             s2 = px.x[g].abs() ** 2 * g_img[:, None]
-            q = (gam2 @ p_real).double()  # (G·T4, 2K)
-            q = torch.complex(q[:, :kk], q[:, kk:]).reshape(n_g, n_t4, kk)
-            s3 = (y.conj() * q).real.sum(dim=1) * px.c_ref[g]
-            _add_per_group(sums, sub, win.shell, s1 + s2 - 2 * s3, g_img)
+            _add_residuals(sums, results, sub, win.shell, s1 + s2 - 2 * s3, g_img, st.weighting.updates_noise)
+            if strong is not None:
+                _add_scale_sums(sums, sub, px.rows(g), product, power, g_img)
         t_rel = (sub.offset0_px[:, None, :] + t_all[None] - sub.offset_prior_px[:, None, :]) * st.pixel_size
         sums.offset_sq += float((gam.sum(dim=2).double() * (t_rel**2).sum(-1)).sum())
         per_row_all = per_row.sum(dim=0).double().numpy()
@@ -596,6 +650,5 @@ def _dense_fine(batch, model, st, significant, prior_t, cand, grid: FineGrid, su
         class_post.index_add_(1, grid.classes, per_row.double())
         pick = gamma.argmax(dim=1)
         it, ir = pick // n_f, pick % n_f
-        sub_px = Pixels(px.x[g], px.x0[g], px.c_ref[g], px.c_image[g], px.c2[g], px.w[g], px.sigma2[g])
         _record(sub, results, sums, grid.matrices[ir], grid.classes[ir], t_all[it], gamma.max(dim=1).values,
-                log_sum, class_post, sub_px)
+                log_sum, class_post, px.rows(g))

@@ -50,7 +50,8 @@ class ImageBatch:
     of the pre-centred image with and without the soft circular mask; ctf : (B, N, N//2+1) real;
     offset0_px : (B, 2) the integer (rounded) old offsets already applied; offset_prior_px : (B, 2)
     centre of the offset prior (RELION origin, px); group : (B,) 0-based optics group;
-    premultiplied : (B,) bool, images already multiplied by their CTF
+    premultiplied : (B,) bool, images already multiplied by their CTF; scale_group : (B,) 0-based
+    intensity-scale group (rlnGroupNumber − 1)
     """
 
     indices: np.ndarray
@@ -61,6 +62,7 @@ class ImageBatch:
     offset_prior_px: torch.Tensor
     group: torch.Tensor
     premultiplied: torch.Tensor
+    scale_group: torch.Tensor
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -70,20 +72,24 @@ class ImageBatch:
         m = members.numpy()
         return ImageBatch(self.indices[m], self.masked[members], self.unmasked[members], self.ctf[members],
                           self.offset0_px[members], self.offset_prior_px[members], self.group[members],
-                          self.premultiplied[members])
+                          self.premultiplied[members], self.scale_group[members])
 
     def window(self, win: FrequencyWindow, *, masked: bool = True) -> torch.Tensor:
         """(B, K) complex spectra at the window's frequencies (masked or unmasked images)."""
         x = self.masked if masked else self.unmasked
         return x.reshape(len(self), -1)[:, win.index]
 
-    def ctf_terms(self, win: FrequencyWindow) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(c_ref, c_image, c2), each (B, K): the factor on the reference in the likelihood (C, or C²
-        for premultiplied images), the factor on the image in back-projection (C, or 1) and the
-        back-projection weight C² (ALGORITHM §3.3, pitfall 18)."""
+    def ctf_terms(self, win: FrequencyWindow, scale: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(c_ref, c_image, c2), each (B, K): the factor on the reference in the likelihood (s·C, or
+        s·C² for premultiplied images), the factor on the image in back-projection (s·C, or s) and
+        the back-projection weight s²C² (ALGORITHM §3.3, §5.6, pitfall 18); s : (B,) intensity scale
+        of each image's group (default 1)."""
         c = self.ctf.reshape(len(self), -1)[:, win.index]
+        s = torch.ones(len(self), dtype=c.dtype) if scale is None else scale.to(c.dtype)
+        s = s[:, None]
         pre = self.premultiplied[:, None]
-        return torch.where(pre, c * c, c), torch.where(pre, torch.ones_like(c), c), c * c
+        return s * torch.where(pre, c * c, c), s * torch.where(pre, torch.ones_like(c), c), (s * c) ** 2
 
 
 def roll_images(images: torch.Tensor, shifts_px: torch.Tensor) -> torch.Tensor:
@@ -101,6 +107,7 @@ def prepare_batch(
     offsets_px: np.ndarray,
     *,
     offset_priors_px: np.ndarray | None = None,
+    image_scale: np.ndarray | None = None,
     mask_radius_px: float,
     mask_edge_px: float = 5.0,
     use_ctf: bool = True,
@@ -109,9 +116,12 @@ def prepare_batch(
     """Read, pre-centre by the rounded old offsets, mask and transform particles `indices`.
 
     offsets_px : (B, 2) RELION origins in pixels (the particle centre is at −origin);
-    offset_priors_px : (B, 2) centres of the offset prior (default 0, the box centre).
+    offset_priors_px : (B, 2) centres of the offset prior (default 0, the box centre);
+    image_scale : (B,) factors on the images, avg_norm/norm_j of the norm correction (default 1).
     """
     images = torch.from_numpy(dataset.images(indices)).to(device, torch.float64)
+    if image_scale is not None:
+        images = images * torch.as_tensor(image_scale, dtype=torch.float64, device=device)[:, None, None]
     t0 = np.rint(offsets_px).astype(np.int64)
     centred = roll_images(images, torch.from_numpy(t0).to(device))
     mask = soft_sphere(dataset.box, mask_radius_px, mask_edge_px, ndim=2, device=device)
@@ -132,4 +142,5 @@ def prepare_batch(
         offset_prior_px=torch.as_tensor(priors, dtype=torch.float64, device=device),
         group=torch.from_numpy(dataset.optics_group_index()[indices]).long().to(device),
         premultiplied=torch.from_numpy(dataset.ctf_premultiplied()[indices] & (use_ctf and dataset.has_ctf)).to(device),
+        scale_group=torch.from_numpy(dataset.group_numbers()[indices] - 1).long().to(device),
     )

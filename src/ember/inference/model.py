@@ -3,7 +3,7 @@ after RELION's `MlModel` / `MlWsumModel`. K classes, G optics groups, S = N//2+1
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -19,7 +19,8 @@ class Model:
     (K, S) per class (σ², τ² per complex component, 2D-image scale); sigma_offset_angstrom : σ of
     the offset prior (Å); pdf_direction : (K, n_dirs) prior over the sampled directions;
     class_prior : (K,) π_k; rho : sampling perturbation; completeness : (K, S) fraction of the
-    voxels of each shell with data_vs_prior ≥ 1 (RELION rlnFourierCompleteness), when known.
+    voxels of each shell with data_vs_prior ≥ 1 (RELION rlnFourierCompleteness), when known;
+    scale : (n_scale_groups,) intensity scale s_g per rlnGroupNumber; avg_norm : mean norm correction.
     """
 
     references: list[torch.Tensor]
@@ -32,6 +33,8 @@ class Model:
     class_prior: np.ndarray
     rho: float = 0.0
     completeness: torch.Tensor | None = None
+    scale: np.ndarray = field(default_factory=lambda: np.ones(1))
+    avg_norm: float = 1.0
 
     @property
     def n_classes(self) -> int:
@@ -39,12 +42,14 @@ class Model:
 
     @classmethod
     def initial(cls, references: list[torch.Tensor], sigma2_noise: torch.Tensor, sigma_offset_angstrom: float,
-                pdf_direction: np.ndarray) -> Model:
-        """Start: uniform class priors, τ² = FSC = SSNR = 0; pdf_direction (n_dirs,) shared by the classes."""
+                pdf_direction: np.ndarray, n_scale_groups: int = 1) -> Model:
+        """Start: uniform class priors, τ² = FSC = SSNR = 0, scales 1; pdf_direction (n_dirs,) shared
+        by the classes."""
         k, shells = len(references), sigma2_noise.shape[-1]
         zeros = torch.zeros((k, shells), dtype=torch.float64)
         return cls([r.clone() for r in references], sigma2_noise.clone(), zeros.clone(), zeros.clone(), zeros.clone(),
-                   sigma_offset_angstrom, np.tile(pdf_direction, (k, 1)), np.full(k, 1.0 / k))
+                   sigma_offset_angstrom, np.tile(pdf_direction, (k, 1)), np.full(k, 1.0 / k),
+                   scale=np.ones(n_scale_groups))
 
 
 @dataclass
@@ -66,7 +71,9 @@ class Sums:
 
     reconstructors : one per class; sigma2 : (G, S) Σγ|residual|² per optics group and shell;
     n_images : (G,) Σγ per optics group; offset_sq : Σγ|t − prior|² (Å²); pdf_direction : (K, n_dirs);
-    class_weight : (K,) Σγ per class; loglik : Σ log-likelihood contributions.
+    class_weight : (K,) Σγ per class; loglik : Σ log-likelihood contributions; signal_product,
+    reference_power, scale_weight : (n_scale_groups,) Σγ Re(conj(CV̂)X), Σγ|CV̂|² over shells with
+    data_vs_prior > 3 and Σγ, per intensity-scale group (ALGORITHM §5.6).
     """
 
     reconstructors: list[Reconstructor]
@@ -76,20 +83,26 @@ class Sums:
     class_weight: np.ndarray
     offset_sq: float = 0.0
     loglik: float = 0.0
+    signal_product: np.ndarray = field(default_factory=lambda: np.zeros(1))
+    reference_power: np.ndarray = field(default_factory=lambda: np.zeros(1))
+    scale_weight: np.ndarray = field(default_factory=lambda: np.zeros(1))
 
     @classmethod
     def empty(cls, box: int, n_classes: int, n_groups: int, n_directions: int, *, pad: int = 2,
-              r_max: int | None = None) -> Sums:
+              r_max: int | None = None, n_scale_groups: int = 1) -> Sums:
         return cls([Reconstructor(box, pad=pad, r_max=r_max) for _ in range(n_classes)],
                    torch.zeros((n_groups, box // 2 + 1), dtype=torch.float64),
                    torch.zeros(n_groups, dtype=torch.float64), np.zeros((n_classes, n_directions)),
-                   np.zeros(n_classes))
+                   np.zeros(n_classes), signal_product=np.zeros(n_scale_groups),
+                   reference_power=np.zeros(n_scale_groups), scale_weight=np.zeros(n_scale_groups))
 
     def __add__(self, other: Sums) -> Sums:
         """Statistics of both (reconstructors: the caller joins them; σ², counts and pdfs add)."""
         return Sums(self.reconstructors, self.sigma2 + other.sigma2, self.n_images + other.n_images,
                     self.pdf_direction + other.pdf_direction, self.class_weight + other.class_weight,
-                    self.offset_sq + other.offset_sq, self.loglik + other.loglik)
+                    self.offset_sq + other.offset_sq, self.loglik + other.loglik,
+                    self.signal_product + other.signal_product, self.reference_power + other.reference_power,
+                    self.scale_weight + other.scale_weight)
 
 
 @dataclass
@@ -97,7 +110,9 @@ class ParticleResults:
     """Per-particle outputs of an E-step (arrays over all particles, filled by index).
 
     angles : (n, 3) degrees; offsets_px : (n, 2) RELION origin in px; classes : (n,) 0-based best
-    class; class_posterior : (n, K); pmax, loglik : (n,); n_significant : (n,) int.
+    class; class_posterior : (n, K); pmax, loglik : (n,); n_significant : (n,) int;
+    residual_power : (n,) Σγ|s·C·V̂ − X|² over the whole half transform (window pixels, DC included,
+    plus the image power beyond the window), from which the norm correction follows (§5.6).
     """
 
     angles: np.ndarray
@@ -107,8 +122,9 @@ class ParticleResults:
     pmax: np.ndarray
     n_significant: np.ndarray
     loglik: np.ndarray
+    residual_power: np.ndarray
 
     @classmethod
     def empty(cls, n: int, n_classes: int = 1) -> ParticleResults:
         return cls(np.zeros((n, 3)), np.zeros((n, 2)), np.zeros(n, dtype=np.int64), np.zeros((n, n_classes)),
-                   np.zeros(n), np.zeros(n, dtype=np.int64), np.zeros(n))
+                   np.zeros(n), np.zeros(n, dtype=np.int64), np.zeros(n), np.zeros(n))

@@ -102,8 +102,10 @@ def maximise(
     fsc: torch.Tensor | None = None,
     update_noise: bool = True,
     fix_sigma_offset: bool = False,
+    update_scale: bool = False,
 ) -> Model:
-    """New references (Wiener filter with τ² from the policy), σ², σ_offset, pdf_direction and π_k."""
+    """New references (Wiener filter with τ² from the policy), σ², σ_offset, pdf_direction, π_k and
+    (with `update_scale`) the intensity scale of each group."""
     refs, tau2s, ssnrs, complete = [], [], [], []
     for k, rec in enumerate(sums.reconstructors):
         rec.prepare(symmetry)
@@ -124,8 +126,28 @@ def maximise(
     total = sums.class_weight.sum()
     prior = sums.class_weight / total if total > 0 else model.class_prior
     fsc_k = model.fsc if fsc is None else fsc[None].expand(len(refs), -1).clone()
+    scale = group_scales(sums, model.scale) if update_scale else model.scale
     return Model(refs, sigma2, torch.stack(tau2s), fsc_k, torch.stack(ssnrs), sigma_off, pdf, prior, model.rho,
-                 torch.stack(complete))
+                 torch.stack(complete), scale, model.avg_norm)
+
+
+def group_scales(sums: Sums, previous: np.ndarray) -> np.ndarray:
+    """s_g = Σγ Re(conj(CV̂)X) / Σγ|CV̂|² per intensity-scale group, clipped to [median/5, 5·median]
+    and divided by the particle-weighted mean (RELION `maximizationOtherParameters`); unchanged
+    with one group or before any shell has data_vs_prior > 3."""
+    if len(previous) < 2 or not (sums.reference_power > 0).any():
+        return previous
+    scale = np.where(sums.reference_power > 0, sums.signal_product / np.maximum(sums.reference_power, 1e-300), 1.0)
+    median = np.sort(scale)[len(scale) // 2]
+    scale = np.clip(scale, median / 5, 5 * median)
+    weight = sums.scale_weight
+    return scale / ((weight * scale).sum() / weight.sum()) if weight.sum() > 0 else scale
+
+
+def norm_corrections(old: np.ndarray, residual_power: np.ndarray, avg_norm: float) -> np.ndarray:
+    """New per-particle norm corrections (n,): (old/avg_norm)·√(2·Σγ|s·C·V̂ − X|²), the residual's
+    real-space standard deviation on the forward-normalised FFT scale (RELION `storeWeightedSums`)."""
+    return old / avg_norm * np.sqrt(2 * np.maximum(residual_power, 0))
 
 
 def initial_sigma2(dataset, indices: np.ndarray, mask_radius_px: float) -> torch.Tensor:

@@ -24,7 +24,14 @@ from ember.inference.engine import angular_changes, run_expectation
 from ember.inference.estep import CrossCorrelation, EStepSettings, Marginalisation
 from ember.inference.images import FrequencyWindow
 from ember.inference.model import Model, ParticleResults, SamplingState, Sums
-from ember.inference.mstep import GoldStandardTau2, first_per_group, initial_sigma2, maximise, unregularised_fsc
+from ember.inference.mstep import (
+    GoldStandardTau2,
+    first_per_group,
+    initial_sigma2,
+    maximise,
+    norm_corrections,
+    unregularised_fsc,
+)
 from ember.inference.sampling import angular_step_deg, asymmetric_unit, translation_grid
 from ember.inference.schedule import (
     AutoRefineState,
@@ -79,6 +86,8 @@ class Refine3DConfig:
     maxsig: int | None = None
     sigma_ang_deg: float | None = None
     maxcc: bool = False
+    norm: bool = False
+    scale: bool = False
     no_halves: bool = False
     ctf: bool = True
     batch_size: int = 64
@@ -112,6 +121,7 @@ class Run:
     symmetry: torch.Tensor
     directions: np.ndarray
     ave_pmax: float = 0.0
+    norms: np.ndarray | None = None  # (n,) per-particle norm corrections (rlnNormCorrection)
 
     @property
     def angle_priors(self) -> np.ndarray:
@@ -179,7 +189,8 @@ def start(cfg: Refine3DConfig) -> Run:
     directions = asymmetric_unit(cfg.healpix_order, symmetry)
     sigma2 = initial_sigma2(dataset, first_per_group(dataset), cfg.particle_diameter_angstrom / (2 * pixel))
     pdf = uniform_pdf(cfg.healpix_order, directions)
-    models = [Model.initial([reference], sigma2, cfg.sigma_offset_angstrom, pdf) for _ in range(2)]
+    n_scale = int(dataset.group_numbers().max())
+    models = [Model.initial([reference], sigma2, cfg.sigma_offset_angstrom, pdf, n_scale) for _ in range(2)]
     results = ParticleResults.empty(n)
     if all(c in dataset.table.particles for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")):
         results.angles[:] = dataset.angles_deg()
@@ -188,7 +199,8 @@ def start(cfg: Refine3DConfig) -> Run:
                             offset_range_px=cfg.offset_range_px, offset_step_px=cfg.offset_step_px,
                             resolution_shell=ini_shell, best_resolution_shell=ini_shell,
                             sigma_ang_deg=cfg.sigma_ang_deg)
-    return Run(cfg, dataset, subsets, models, state, results, symmetry, directions)
+    return Run(cfg, dataset, subsets, models, state, results, symmetry, directions,
+               norms=dataset.column("rlnNormCorrection", 1.0).copy())
 
 
 def split_halves(dataset: ParticleDataSet, seed: int) -> np.ndarray:
@@ -229,7 +241,8 @@ def iterate(run: Run, progress=None) -> None:
         progress.describe(f"it {st.iteration}{' final' if st.final else ''} · {res:.1f} Å · {step:.2f}°")
     n_dirs = 12 * 4**st.healpix_order
     groups = run.dataset.n_optics_groups
-    sums = [Sums.empty(box, 1, groups, n_dirs, r_max=st.current_size // 2) for _ in range(2)]
+    n_scale = len(run.models[0].scale)
+    sums = [Sums.empty(box, 1, groups, n_dirs, r_max=st.current_size // 2, n_scale_groups=n_scale) for _ in range(2)]
     weighting = CrossCorrelation() if cfg.maxcc else Marginalisation()
     done = 0
     for h in (0, 1):
@@ -238,7 +251,8 @@ def iterate(run: Run, progress=None) -> None:
         model.rho = rho
         trans = torch.from_numpy(translation_grid(st.offset_range_px, st.offset_step_px)) + rho * st.offset_step_px
         settings = EStepSettings(coarse_win, fine_win, trans, st.offset_step_px, st.oversampling, pixel,
-                                 cfg.adaptive_fraction, weighting, cfg.maxsig)
+                                 cfg.adaptive_fraction, weighting, cfg.maxsig, norm_residuals=cfg.norm,
+                                 scale_sums=cfg.scale and n_scale > 1)
         indices = np.flatnonzero(run.subsets == h + 1)
 
         def tick(k: int) -> None:
@@ -249,10 +263,13 @@ def iterate(run: Run, progress=None) -> None:
 
         run_expectation(run.dataset, indices, model, sampling, settings, sums[h], run.results,
                         prior_angles_deg=angle_priors, prior_offsets_px=old_offsets,
-                        offset_priors_px=offset_priors, symmetry=run.symmetry,
+                        offset_priors_px=offset_priors, image_scales=model.avg_norm / run.norms,
+                        symmetry=run.symmetry,
                         mask_radius_px=run.mask_radius_px, batch_size=cfg.batch_size, use_ctf=cfg.ctf,
                         progress=tick)
     run.ave_pmax = float(run.results.pmax.mean())
+    if cfg.norm:
+        _update_norms(run)
     if st.final:
         finish(run, sums)
         return
@@ -266,16 +283,30 @@ def iterate(run: Run, progress=None) -> None:
     half_fsc = unregularised_fsc(recs[0], recs[1])
     tau2 = GoldStandardTau2(half_fsc, cfg.tau2_fudge)
     common = dict(symmetry=run.symmetry, mask_radius_px=run.mask_radius_px, fsc=half_fsc,
-                  update_noise=weighting.updates_noise)
+                  update_noise=weighting.updates_noise, update_scale=cfg.scale and not cfg.maxcc)
     if cfg.no_halves:
         m = maximise(run.models[0], _joined(sums, box, st.current_size // 2), tau2, **common)
         run.models = [m, m]
     else:
         run.models = [maximise(run.models[h], sums[h], tau2, **common) for h in (0, 1)]
+    if cfg.norm:
+        for h in (0, 1):
+            run.models[h].avg_norm = float(run.norms[run.subsets == h + 1].mean()) if not cfg.no_halves \
+                else float(run.norms.mean())
     update_resolution(st, half_fsc, cfg.tau2_fudge)
     _update_sampling(run, old_angles, old_offsets, fine_win, rng)
     check_convergence(st)
     write_outputs(run, f"run_it{st.iteration:03d}")
+
+
+def _update_norms(run: Run) -> None:
+    """Per-particle norm corrections from this E-step's residuals, each half with its model's average."""
+    for h in (0, 1):
+        rows = np.flatnonzero(run.subsets == h + 1) if not run.cfg.no_halves else np.arange(len(run.norms))
+        model = run.models[0 if run.cfg.no_halves else h]
+        run.norms[rows] = norm_corrections(run.norms[rows], run.results.residual_power[rows], model.avg_norm)
+        if run.cfg.no_halves:
+            break
 
 
 def _perturb(rho: float, factor: float, rng: np.random.Generator) -> float:
@@ -344,7 +375,7 @@ def write_outputs(run: Run, prefix: str, final_maps: dict | None = None) -> None
     out, box, pixel, st = Path(run.cfg.output), run.box, run.pixel, run.state
     groups = run.dataset.group_numbers()
     data = data_table(run.dataset.table, run.results, run.subsets, pixel, run.dataset.image_names_relative_to(out),
-                      groups)
+                      groups, run.norms)
     acc = (st.acc_rot_deg, st.acc_trans_px * pixel)
     common = dict(box=box, pixel=pixel, ave_pmax=run.ave_pmax, loglik=float(run.results.loglik.sum()),
                   acc_rot=acc[0], acc_trans_angstrom=acc[1], tau2_fudge=run.cfg.tau2_fudge,
@@ -382,5 +413,6 @@ def resume(cfg: Refine3DConfig) -> Run:
     results.pmax[:] = dataset.column("rlnMaxValueProbDistribution", 0.0)
     symmetry = symmetry_operators(cfg.symmetry)
     run = Run(cfg, dataset, np.array(saved["subsets"]), models, state, results, symmetry,
-              asymmetric_unit(state.healpix_order, symmetry), saved["ave_pmax"])
+              asymmetric_unit(state.healpix_order, symmetry), saved["ave_pmax"],
+              norms=dataset.column("rlnNormCorrection", 1.0).copy())
     return run

@@ -18,7 +18,7 @@ from ember.maths.fourier import resolution_angstrom
 
 
 def data_table(base: ParticleTable, results: ParticleResults, subsets: np.ndarray | None, pixel: float,
-               image_names: list[str], group_numbers: np.ndarray) -> ParticleTable:
+               image_names: list[str], group_numbers: np.ndarray, norms: np.ndarray) -> ParticleTable:
     """Input columns plus the refined pose and per-particle statistics (RELION labels).
 
     Stale pixel-offset columns (rlnOriginX/Y, RELION 3.0) are dropped: the Å columns replace them."""
@@ -29,7 +29,7 @@ def data_table(base: ParticleTable, results: ParticleResults, subsets: np.ndarra
     p["rlnOriginXAngst"], p["rlnOriginYAngst"] = (results.offsets_px * pixel).T
     p["rlnClassNumber"] = results.classes + 1
     p["rlnGroupNumber"] = group_numbers
-    p["rlnNormCorrection"] = 1.0
+    p["rlnNormCorrection"] = norms
     p["rlnLogLikeliContribution"] = results.loglik
     p["rlnMaxValueProbDistribution"] = results.pmax
     p["rlnNrOfSignificantSamples"] = results.n_significant
@@ -52,7 +52,7 @@ def model_blocks(model: Model, state: AutoRefineState, *, box: int, pixel: float
         "rlnCurrentResolution": res, "rlnCurrentImageSize": state.current_size, "rlnPaddingFactor": 2,
         "rlnIsHelix": 0, "rlnFourierSpaceInterpolator": 1, "rlnMinRadiusNnInterpolation": 10,
         "rlnPixelSize": pixel, "rlnNrClasses": n_classes, "rlnNrBodies": 1, "rlnNrGroups": len(group_counts),
-        "rlnNrOpticsGroups": n_groups, "rlnTau2FudgeFactor": tau2_fudge, "rlnNormCorrectionAverage": 1.0,
+        "rlnNrOpticsGroups": n_groups, "rlnTau2FudgeFactor": tau2_fudge, "rlnNormCorrectionAverage": model.avg_norm,
         "rlnSigmaOffsetsAngst": model.sigma_offset_angstrom,
         "rlnOrientationalPriorMode": 0 if state.sigma_ang_deg is None else 1,
         "rlnSigmaPriorRotAngle": state.sigma_ang_deg or 0.0, "rlnSigmaPriorTiltAngle": state.sigma_ang_deg or 0.0,
@@ -84,7 +84,7 @@ def model_blocks(model: Model, state: AutoRefineState, *, box: int, pixel: float
     out["model_groups"] = pd.DataFrame({
         "rlnGroupNumber": np.arange(1, len(group_counts) + 1),
         "rlnGroupName": [f"group_{i + 1}" for i in range(len(group_counts))],
-        "rlnGroupNrParticles": group_counts, "rlnGroupScaleCorrection": np.ones(len(group_counts)),
+        "rlnGroupNrParticles": group_counts, "rlnGroupScaleCorrection": np.resize(model.scale, len(group_counts)),
     })
     for k in range(n_classes):
         out[f"model_pdf_orient_class_{k + 1}"] = pd.DataFrame({"rlnOrientationDistribution": model.pdf_direction[k]})
@@ -108,10 +108,12 @@ def write_iteration(folder: Path, prefix: str, *, maps: dict[str, torch.Tensor],
 def model_to_json(m: Model) -> dict:
     return {"sigma2_noise": m.sigma2_noise.tolist(), "tau2": m.tau2.tolist(), "fsc": m.fsc.tolist(),
             "ssnr": m.ssnr.tolist(), "sigma_offset_angstrom": m.sigma_offset_angstrom,
-            "pdf_direction": m.pdf_direction.tolist(), "class_prior": m.class_prior.tolist(), "rho": m.rho}
+            "pdf_direction": m.pdf_direction.tolist(), "class_prior": m.class_prior.tolist(), "rho": m.rho,
+            "scale": np.asarray(m.scale).tolist(), "avg_norm": m.avg_norm}
 
 
 def model_from_json(d: dict, references: list[torch.Tensor]) -> Model:
     t = lambda k: torch.tensor(d[k], dtype=torch.float64)  # noqa: E731
     return Model(references, t("sigma2_noise"), t("tau2"), t("fsc"), t("ssnr"), d["sigma_offset_angstrom"],
-                 np.array(d["pdf_direction"]), np.array(d["class_prior"]), d["rho"])
+                 np.array(d["pdf_direction"]), np.array(d["class_prior"]), d["rho"], scale=np.array(d["scale"]),
+                 avg_norm=d["avg_norm"])
