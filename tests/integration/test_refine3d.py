@@ -60,10 +60,10 @@ def test_poses_close_to_truth(refined):
     shift = np.hypot(*(data[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy()
                        - truth[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy()).T) / 2.5
     assert np.median(shift) < 0.5
-    for col in ("rlnMaxValueProbDistribution", "rlnNrOfSignificantSamples", "rlnLogLikeliContribution",
-                "rlnRandomSubset"):
-        assert col in data
-    assert set(data["rlnRandomSubset"]) == {1, 2}
+    pmax = data["rlnMaxValueProbDistribution"]
+    assert ((pmax > 0) & (pmax <= 1)).all() and (data["rlnNrOfSignificantSamples"] >= 1).all()
+    # sharper posteriors need fewer significant samples: Pmax and the count are anti-correlated
+    assert pmax.rank().corr(data["rlnNrOfSignificantSamples"].rank()) < -0.3
 
 
 def test_relion_job_layout(refined):
