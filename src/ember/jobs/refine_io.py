@@ -113,7 +113,9 @@ def model_to_json(m: Model) -> dict:
 
 
 def model_from_json(d: dict, references: list[torch.Tensor]) -> Model:
-    t = lambda k: torch.tensor(d[k], dtype=torch.float64)  # noqa: E731
+    """A model saved by `model_to_json` (state files of single-class, single-group runs written
+    before the class axis hold 1D spectra: they are read as one class and one group)."""
+    t = lambda k: torch.atleast_2d(torch.tensor(d[k], dtype=torch.float64))  # noqa: E731
     return Model(references, t("sigma2_noise"), t("tau2"), t("fsc"), t("ssnr"), d["sigma_offset_angstrom"],
-                 np.array(d["pdf_direction"]), np.array(d["class_prior"]), d["rho"], scale=np.array(d["scale"]),
-                 avg_norm=d["avg_norm"])
+                 np.atleast_2d(d["pdf_direction"]), np.array(d.get("class_prior", [1.0])), d["rho"],
+                 scale=np.array(d.get("scale", [1.0])), avg_norm=d.get("avg_norm", 1.0))
