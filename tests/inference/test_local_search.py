@@ -116,3 +116,18 @@ def test_local_estep_is_sharp_under_symmetry(tmp_path, symmetry):
     best = euler_to_matrix(torch.from_numpy(res.angles))
     err = torch.stack([angular_distance_deg(best, truth @ r) for r in ops]).amin(0)
     assert np.median(err.numpy()) < 2 * angular_step_deg(ORDER + 1)
+
+
+def test_angular_changes_ignore_symmetry_mates():
+    """A particle that moves to a symmetry mate of its pose has not changed (D2: 0°, not 180°);
+    a real 10° turn still counts."""
+    from ember.inference.engine import angular_changes
+    from ember.maths.rotations import matrix_to_euler
+
+    ops = symmetry_operators("D2")
+    old = np.array([[30.0, 70.0, 110.0], [-40.0, 120.0, 15.0]])
+    mate = matrix_to_euler(euler_to_matrix(torch.from_numpy(old)) @ ops[3]).numpy()
+    np.testing.assert_allclose(angular_changes(old, mate, ops), 0.0, atol=1e-4)
+    assert angular_changes(old, mate).min() > 90  # without symmetry the flip looks large
+    turned = old + np.array([0.0, 0.0, 10.0])
+    np.testing.assert_allclose(angular_changes(old, turned, ops), 10.0, atol=1e-4)

@@ -87,8 +87,10 @@ def run_expectation(
         grid.insert_into(sums, settings.fine_window)
 
 
-def angular_changes(old_deg: np.ndarray, new_deg: np.ndarray) -> np.ndarray:
-    """Angle (deg) between old and new orientations of each particle (not symmetry-aware)."""
+def angular_changes(old_deg: np.ndarray, new_deg: np.ndarray, symmetry: torch.Tensor | None = None) -> np.ndarray:
+    """Angle (deg) between old and new orientations (n, 3) of each particle, the smallest over the
+    symmetry mates A·R of the new pose (G, 3, 3) (RELION `monitorHiddenVariableChanges`)."""
     a = euler_to_matrix(torch.from_numpy(old_deg))
     b = euler_to_matrix(torch.from_numpy(new_deg))
-    return angular_distance_deg(a, b).numpy()
+    ops = torch.eye(3, dtype=b.dtype)[None] if symmetry is None else symmetry.to(b.dtype)
+    return torch.stack([angular_distance_deg(a, b @ op) for op in ops]).amin(dim=0).numpy()

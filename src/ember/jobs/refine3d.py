@@ -333,7 +333,7 @@ def _joined(sums, box: int, r_max: int | None = None, *, prepared: bool = True):
 
 def _update_sampling(run: Run, old_angles, old_offsets, fine_win, rng) -> None:
     st, cfg = run.state, run.cfg
-    changes = angular_changes(old_angles, run.results.angles)
+    changes = angular_changes(old_angles, run.results.angles, run.symmetry)
     offset_change = np.sqrt(((run.results.offsets_px - old_offsets) ** 2).sum(1).mean() / 2)
     update_hidden_changes(st, float(changes.mean()), float(offset_change))
     if not cfg.maxcc:
