@@ -203,6 +203,25 @@ def phases(window: FrequencyWindow, shifts_px: torch.Tensor, box: int) -> torch.
     return torch.polar(torch.ones_like(arg), -2 * torch.pi * arg / box)
 
 
+@dataclass(frozen=True)
+class FineShifts:
+    """The pass-2 translations of a batch, each with its phase factors computed once: shift
+    j = t·n_child + c is coarse translation t plus oversampled child c.
+
+    t_px : (T·n_child, 2) relative px; phase : (T·n_child, K) complex128 at the fine window
+    """
+
+    t_px: torch.Tensor
+    phase: torch.Tensor
+    n_child: int
+
+    @classmethod
+    def build(cls, st: EStepSettings, box: int) -> FineShifts:
+        child = torch.from_numpy(translation_children(st.offset_step_px, st.oversampling))
+        t_px = (st.translations_px[:, None, :] + child[None]).reshape(-1, 2)
+        return cls(t_px, phases(st.fine_window, t_px, box), len(child))
+
+
 def noise_weights(window: FrequencyWindow, sigma2: torch.Tensor, maxcc: bool = False) -> torch.Tensor:
     """w(k) = 1/(2σ²(shell)) of one σ² spectrum (S,) (1 in maxCC mode), 0 at DC → (K,) float64."""
     weighting = CrossCorrelation() if maxcc else Marginalisation()
@@ -348,10 +367,12 @@ def expectation(
     results.n_significant[batch.indices] = count1.numpy()
     n_sig = int(significant.sum())
     if fine_grid is not None and n_sig * SPARSE_COST > n_b * loglik.shape[1] * len(fine_grid.parent):
-        _dense_fine(batch, model, st, significant, prior_t, cand, fine_grid, sums, results, box)
+        _dense_fine(batch, model, st, significant, prior_t, cand, fine_grid, FineShifts.build(st, box), sums,
+                    results)
         return
     # ---- pass 2 (sparse): children of each image's significant coarse samples, a group of
     # images at a time so that memory is bounded by the number of samples
+    shifts = FineShifts.build(st, box)
     per_image = significant.reshape(n_b, -1).sum(dim=1)
     group = torch.cumsum(per_image, 0) // MAX_SAMPLES_PER_GROUP
     for g in torch.unique(group).tolist():
@@ -360,32 +381,56 @@ def expectation(
         sig_prior = prior_t[members][sig_b, sig_t] + prior_r[members][sig_b, sig_slot]
         sig_r = cand.per_image[members][sig_b, sig_slot] if cand.per_image is not None else sig_slot
         sub = batch.subset(members)
-        fine = _fine_pass(sub, model, projectors, cand, st, sig_b, sig_t, sig_r, sig_prior, box, fine_grid)
-        _accumulate(sub, model, st, fine, sums, results, box, fine_grid)
+        fine = _fine_pass(sub, model, projectors, cand, st, sig_b, sig_t, sig_r, sig_prior, shifts, fine_grid)
+        _accumulate(sub, model, st, fine, shifts, sums, results, fine_grid)
+
+
+@dataclass
+class Projections:
+    """Projections of R rows in the forms the products use: real (R, 2K) [Re, Im] and abs2 (R, K)
+    |P|², both float32."""
+
+    real: torch.Tensor
+    abs2: torch.Tensor
+
+    @classmethod
+    def of(cls, proj: torch.Tensor) -> Projections:
+        return cls(_real_cat(proj), (proj.abs() ** 2).to(torch.float32))
+
+    def __getitem__(self, rows: torch.Tensor) -> Projections:
+        return Projections(self.real[rows], self.abs2[rows])
+
+    def complex(self) -> torch.Tensor:
+        """(R, K) complex128."""
+        k = self.abs2.shape[1]
+        return torch.complex(self.real[:, :k].double(), self.real[:, k:].double())
 
 
 @dataclass
 class FineSamples:
     """Pass-2 samples: for each significant coarse sample s, 4^os translations × 8^os rotations.
 
-    b, t : (S,) image and coarse translation; rows : (S, nr) rows of `proj` (fine projections,
-    `matrices`, `classes`); t_fine : (S, nt, 2) relative translations px; weight : (S, nt, nr)
-    posterior γ (0 if pruned); direction : (S,) coarse direction; log_sum : (B,) log Σ_j.
+    b : (S,) image; shift : (S, nt) rows of the batch's `FineShifts`; rows : (S, nr) rows of `proj`
+    (fine projections, `matrices`, `classes`); weight : (S, nt, nr) posterior γ (0 if pruned);
+    direction : (S,) coarse direction; log_sum : (B,) log Σ_j.
     """
 
     b: torch.Tensor
-    t: torch.Tensor
+    shift: torch.Tensor
     rows: torch.Tensor
-    t_fine: torch.Tensor
     weight: torch.Tensor
     matrices: torch.Tensor
     classes: torch.Tensor
-    proj: torch.Tensor
+    proj: Projections
     direction: torch.Tensor
     log_sum: torch.Tensor
 
 
-def _fine_pass(batch, model, projectors, cand, st, sig_b, sig_t, sig_r, sig_prior, box, grid) -> FineSamples:
+def _fine_pass(batch, model, projectors, cand, st, sig_b, sig_t, sig_r, sig_prior, shifts: FineShifts,
+               grid) -> FineSamples:
+    """Score the children of the significant coarse samples: one small GEMM per sample between the
+    shifted image of its (image, coarse translation) pair, formed once per pair, and the
+    projections of its child orientations."""
     os_ = st.oversampling
     win = st.fine_window
     n_child = 8**os_
@@ -397,29 +442,31 @@ def _fine_pass(batch, model, projectors, cand, st, sig_b, sig_t, sig_r, sig_prio
         children = oversampled_children(cand.table, uniq_r.numpy(), os_)
         mats = _child_matrices(cand, uniq_r, children, n_child)
         classes = cand.classes[uniq_r].repeat_interleave(n_child)
-        proj = project_rows(projectors, mats, classes, win.k)  # (U·nr, K)
+        proj = Projections.of(project_rows(projectors, mats, classes, win.k))  # (U·nr, K)
         rows = inv_r[:, None] * n_child + torch.arange(n_child)[None]  # (S, nr)
-    t_off = torch.from_numpy(translation_children(st.offset_step_px, os_))  # (nt, 2)
-    t_fine = st.translations_px[sig_t][:, None, :] + t_off[None]  # (S, nt, 2)
+    nt = shifts.n_child
+    n_t = len(st.translations_px)
+    shift = sig_t[:, None] * nt + torch.arange(nt)[None]  # (S, nt)
     px = Pixels.of(batch, win, model, st.weighting)
+    pair, pair_of = torch.unique(sig_b * n_t + sig_t, return_inverse=True)  # distinct (image, coarse t)
+    pb, pt = pair // n_t, pair % n_t
+    ph = shifts.phase.reshape(n_t, nt, -1)[pt]  # (P, nt, K)
+    a_pair = _real_cat(px.x[pb][:, None, :] * ph * (px.w * px.c_ref)[pb][:, None, :])  # (P, nt, 2K)
+    wc2 = (px.w * px.c_ref**2).to(torch.float32)
     n_s = len(sig_b)
-    loglik = torch.empty((n_s, len(t_off), n_child), dtype=torch.float64)
+    loglik = torch.empty((n_s, nt, n_child), dtype=torch.float64)
     term2 = px.term2()
-    chunk = max(1, 4_000_000 // max(len(win.k), 1) // (len(t_off) + n_child))
+    chunk = max(1, 4_000_000 // max(len(win.k), 1) // (nt + n_child))
     for s0 in range(0, n_s, chunk):
         sl = slice(s0, s0 + chunk)
         b = sig_b[sl]
-        y = px.x[b][:, None, :] * phases(win, t_fine[sl], box)  # (s, nt, K)
-        a = _real_cat(y * (px.w * px.c_ref)[b][:, None, :])
-        p = proj[rows[sl]]  # (s, nr, K)
-        cross = torch.bmm(a, _real_cat(p).transpose(1, 2)).double()  # (s, nt, nr)
-        term1 = ((p.abs() ** 2).double() * (px.w * px.c_ref**2)[b][:, None, :]).sum(-1)[:, None, :]  # (s, 1, nr)
+        cross = torch.bmm(a_pair[pair_of[sl]], proj.real[rows[sl]].transpose(1, 2)).double()  # (s, nt, nr)
+        term1 = torch.bmm(proj.abs2[rows[sl]], wc2[b][:, :, None]).double().transpose(1, 2)  # (s, 1, nr)
         loglik[sl] = st.weighting.log_likelihood(term1, cross, term2[b][:, None, None])
     log_w = loglik + sig_prior[:, None, None] if st.weighting.uses_priors else loglik
     weight, log_sum = posteriors(st.weighting, log_w.reshape(n_s, -1), sig_b, len(batch), st.adaptive_fraction)
     direction = torch.from_numpy(cand.table.direction)[sig_r]
-    return FineSamples(sig_b, sig_t, rows, t_fine, weight.reshape(log_w.shape), mats, classes, proj, direction,
-                       log_sum)
+    return FineSamples(sig_b, shift, rows, weight.reshape(log_w.shape), mats, classes, proj, direction, log_sum)
 
 
 def _child_matrices(cand: Candidates, uniq_r: torch.Tensor, children: OrientationGrid, n_child: int) -> torch.Tensor:
@@ -459,57 +506,65 @@ def _scale_shells(model: Model, win: FrequencyWindow) -> torch.Tensor:
     return (model.ssnr > 3)[:, win.shell]
 
 
-def _accumulate(batch: ImageBatch, model: Model, st: EStepSettings, fine: FineSamples, sums: Sums,
-                results: ParticleResults, box: int, grid: FineGrid | None) -> None:
-    """Add the significant pass-2 samples (M of them) into the sums, one index_add per statistic."""
+def _sparse(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """A sparse (rows × cols) matrix of float32 values, for products with dense matrices."""
+    return torch.sparse_coo_tensor(torch.stack([rows, cols]), values.to(torch.float32), shape,
+                                   check_invariants=False).coalesce()
+
+
+def _accumulate(batch: ImageBatch, model: Model, st: EStepSettings, fine: FineSamples, shifts: FineShifts,
+                sums: Sums, results: ParticleResults, grid: FineGrid | None) -> None:
+    """Add the M significant pass-2 samples into the sums as sparse × dense products: the shifted,
+    CTF-weighted images are formed once per distinct (image, shift, class) pair P, the
+    projections once per distinct fine row U, and γ is an (U × P) sparse matrix between them."""
     win = st.fine_window
-    n_b = len(batch)
+    n_b, n_cls, n_sh = len(batch), model.n_classes, len(shifts.t_px)
     s, it, ir = torch.nonzero(fine.weight > 0, as_tuple=True)
     gamma = fine.weight[s, it, ir].double()
     b = fine.b[s]
     u = fine.rows[s, ir]  # rows of fine.proj / fine.matrices
-    t_px = fine.t_fine[s, it]  # (M, 2) relative
+    shift = fine.shift[s, it]
+    cls = fine.classes[u]
     px = Pixels.of(batch, win, model, st.weighting)
-    k = len(win.k)
-    data = torch.zeros((len(fine.proj), 2 * k), dtype=torch.float32)
-    weight = torch.zeros((len(fine.proj), k), dtype=torch.float32)
-    residual = torch.zeros((n_b, k), dtype=torch.float64)
-    product = torch.zeros(n_b, dtype=torch.float64)
-    power = torch.zeros(n_b, dtype=torch.float64)
-    residuals = st.weighting.updates_noise or st.norm_residuals
-    strong = _scale_shells(model, win) if st.scale_sums else None
-    chunk = max(1, 2_000_000 // k)
-    for m0 in range(0, len(gamma), chunk):
-        sl = slice(m0, m0 + chunk)
-        g, bb, uu = gamma[sl], b[sl], u[sl]
-        ph = phases(win, t_px[sl], box)
-        # back-projection: data_u += γ C X⁰ shift(t)/σ², weight_u += γ C²/σ²
-        data.index_add_(0, uu, _real_cat(g[:, None] * px.c_image[bb] * px.x0[bb] * ph / px.sigma2[bb]))
-        weight.index_add_(0, uu, (g[:, None] * px.c2[bb] / px.sigma2[bb]).to(torch.float32))
-        if residuals or strong is not None:
-            model_img = px.c_ref[bb] * fine.proj[uu].to(torch.complex128)
-            shifted = px.x[bb] * ph
-        if residuals:  # σ² and norm: Σγ|s·C·P − shift(X_masked)|² per pixel
-            residual.index_add_(0, bb, g[:, None] * (model_img - shifted).abs() ** 2)
-        if strong is not None:
-            keep = strong[fine.classes[uu]]
-            product.index_add_(0, bb, g * ((model_img.conj() * shifted).real * keep).sum(dim=1))
-            power.index_add_(0, bb, g * (model_img.abs() ** 2 * keep).sum(dim=1))
+    used, u_loc = torch.unique(u, return_inverse=True)
+    pair, p_loc = torch.unique((b * n_sh + shift) * n_cls + cls, return_inverse=True)
+    pb, psh, pc = pair // (n_sh * n_cls), pair // n_cls % n_sh, pair % n_cls
+    ph = shifts.phase[psh]
+    # back-projection: data_u += Σ γ C X⁰ shift(t)/σ², weight_u += Σ γ C²/σ²
+    z = _real_cat(px.c_image[pb] * px.x0[pb] * ph / px.sigma2[pb])  # (P, 2K)
+    data = torch.sparse.mm(_sparse(u_loc, p_loc, gamma, (len(used), len(pair))), z)
+    weight = torch.sparse.mm(_sparse(u_loc, b, gamma, (len(used), n_b)), (px.c2 / px.sigma2).to(torch.float32))
     if grid is not None:
-        grid.data += data
-        grid.weight += weight
+        grid.data.index_add_(0, used, data)
+        grid.weight.index_add_(0, used, weight)
     else:
-        insert_rows(sums, data, weight, fine.matrices, fine.classes, win.k)
+        insert_rows(sums, data, weight, fine.matrices[used], fine.classes[used], win.k)
     g_img = torch.zeros(n_b, dtype=torch.float64).index_add_(0, b, gamma)
-    if residuals:
-        _add_residuals(sums, results, batch, win.shell, residual, g_img, st.weighting.updates_noise)
-    if strong is not None:
-        _add_scale_sums(sums, batch, px, product, power, g_img)
+    if st.weighting.updates_noise or st.norm_residuals or st.scale_sums:
+        proj = fine.proj[used]
+        kk = len(win.k)
+        # Σγ|sCP|² per (image, class) and Σγ Re(conj(shift(X))·sCP) per pair
+        bc, bc_loc = torch.unique(b * n_cls + cls, return_inverse=True)
+        bc_b, bc_c = bc // n_cls, bc % n_cls
+        g_bc = _sparse(bc_loc, u_loc, gamma, (len(bc), len(used)))
+        s1 = torch.sparse.mm(g_bc, proj.abs2).double() * px.c_ref[bc_b] ** 2
+        q = torch.sparse.mm(_sparse(p_loc, u_loc, gamma, (len(pair), len(used))), proj.real).double()
+        s3 = ((px.x[pb] * ph).conj() * torch.complex(q[:, :kk], q[:, kk:])).real * px.c_ref[pb]
+        per_image = torch.zeros((n_b, kk), dtype=torch.float64).index_add_(0, bc_b, s1)
+        per_image.index_add_(0, pb, -2 * s3)
+        per_image += px.x.abs() ** 2 * g_img[:, None]
+        if st.weighting.updates_noise or st.norm_residuals:
+            _add_residuals(sums, results, batch, win.shell, per_image, g_img, st.weighting.updates_noise)
+        if st.scale_sums:
+            strong = _scale_shells(model, win).to(torch.float64)
+            product = torch.zeros(n_b, dtype=torch.float64).index_add_(0, pb, (s3 * strong[pc]).sum(dim=1))
+            power = torch.zeros(n_b, dtype=torch.float64).index_add_(0, bc_b, (s1 * strong[bc_c]).sum(dim=1))
+            _add_scale_sums(sums, batch, px, product, power, g_img)
+    t_px = shifts.t_px[shift]
     t_rel = (batch.offset0_px[b] + t_px - batch.offset_prior_px[b]) * st.pixel_size
     sums.offset_sq += float((gamma * (t_rel**2).sum(dim=1)).sum())
-    cls = fine.classes[u]
     np.add.at(sums.pdf_direction, (cls.numpy(), fine.direction[s].numpy()), gamma.numpy())
-    class_post = torch.zeros((n_b, model.n_classes), dtype=torch.float64).index_put_((b, cls), gamma, accumulate=True)
+    class_post = torch.zeros((n_b, n_cls), dtype=torch.float64).index_put_((b, cls), gamma, accumulate=True)
     best_val = torch.full((n_b,), -1.0, dtype=torch.float64).scatter_reduce(0, b, gamma, reduce="amax")
     is_best = gamma >= best_val[b]
     pick = torch.full((n_b,), len(gamma), dtype=torch.long)
@@ -552,14 +607,14 @@ class FineGrid:
     back-projection sums per fine row.
 
     matrices : (R_f, 3, 3); parent : (R_f,) coarse row (children come in blocks of 8^os);
-    classes : (R_f,); proj : (R_f, K) complex64 at the fine window; data : (R_f, 2K) and
+    classes : (R_f,); proj : the projections (R_f rows) at the fine window; data : (R_f, 2K) and
     weight : (R_f, K) float32 sums
     """
 
     matrices: torch.Tensor
     parent: torch.Tensor
     classes: torch.Tensor
-    proj: torch.Tensor
+    proj: Projections
     data: torch.Tensor
     weight: torch.Tensor
 
@@ -571,30 +626,27 @@ class FineGrid:
         n_child = len(children) // len(cand.table)
         mats = _child_matrices(cand, every, children, n_child)
         classes = cand.classes.repeat_interleave(n_child)
-        proj = project_rows(projectors, mats, classes, window.k)
+        proj = Projections.of(project_rows(projectors, mats, classes, window.k))
         k = len(window.k)
         return cls(mats, every.repeat_interleave(n_child), classes, proj, torch.zeros((len(mats), 2 * k)),
                    torch.zeros((len(mats), k)))
 
     @staticmethod
     def fits(n_coarse: int, oversampling: int, window: FrequencyWindow, budget_bytes: float = 1.5e9) -> bool:
-        return n_coarse * 8**oversampling * len(window.k) * 24 < budget_bytes
+        return n_coarse * 8**oversampling * len(window.k) * 24 < budget_bytes  # proj and sums, float32
 
     def insert_into(self, sums: Sums, window: FrequencyWindow) -> None:
         insert_rows(sums, self.data, self.weight, self.matrices, self.classes, window.k)
 
 
-def _dense_fine(batch, model, st, significant, prior_t, cand, grid: FineGrid, sums, results, box) -> None:
+def _dense_fine(batch, model, st, significant, prior_t, cand, grid: FineGrid, fine_shifts: FineShifts, sums,
+                results) -> None:
     """Pass 2 over the whole fine grid by GEMMs, masked to the children of significant samples."""
     win = st.fine_window
     px = Pixels.of(batch, win, model, st.weighting)
-    t_child = torch.from_numpy(translation_children(st.offset_step_px, st.oversampling))
-    n_tc = len(t_child)
-    t_all = (st.translations_px[:, None, :] + t_child[None]).reshape(-1, 2)  # (T4, 2), parent t = i // n_tc
-    t_parent = torch.arange(len(t_all)) // n_tc
-    shifts = phases(win, t_all, box)  # (T4, K)
-    p_real = _real_cat(grid.proj)  # (R_f, 2K)
-    p_abs2 = (grid.proj.abs() ** 2).to(torch.float32)
+    t_all, shifts = fine_shifts.t_px, fine_shifts.phase  # (T4, 2), (T4, K); parent t = i // n_child
+    t_parent = torch.arange(len(t_all)) // fine_shifts.n_child
+    p_real, p_abs2 = grid.proj.real, grid.proj.abs2  # (R_f, 2K), (R_f, K)
     log_prior_r = cand.log_prior[grid.parent].to(torch.float32)
     n_f, n_t4 = len(grid.parent), len(t_all)
     kk = len(win.k)
