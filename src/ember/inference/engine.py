@@ -68,7 +68,7 @@ def run_expectation(
         shared = global_candidates(sampling, model, model.rho)
         proj_c = project_rows(projectors, shared.matrices, shared.classes, settings.coarse_window.k)
         if settings.oversampling > 0 and FineGrid.fits(len(shared.table), settings.oversampling, settings.fine_window):
-            grid = FineGrid.build(projectors, shared, settings.oversampling, settings.fine_window)
+            grid = FineGrid.build(shared, settings.oversampling, settings.fine_window)
     log_pi = _log(model.class_prior)
     for start in range(0, len(indices), batch_size):
         idx = indices[start : start + batch_size]

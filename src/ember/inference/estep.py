@@ -366,6 +366,8 @@ def expectation(
     significant = (w1 >= thr1[:, None]).reshape(loglik.shape)
     results.n_significant[batch.indices] = count1.numpy()
     n_sig = int(significant.sum())
+    if fine_grid is not None:
+        fine_grid.project(projectors, torch.nonzero(significant.any(dim=1).any(dim=0)).squeeze(1), st.fine_window)
     if fine_grid is not None and n_sig * SPARSE_COST > n_b * loglik.shape[1] * len(fine_grid.parent):
         _dense_fine(batch, model, st, significant, prior_t, cand, fine_grid, FineShifts.build(st, box), sums,
                     results)
@@ -603,33 +605,46 @@ def _beyond_window_power(batch: ImageBatch, r_max: int) -> torch.Tensor:
 
 @dataclass
 class FineGrid:
-    """The whole oversampled grid of a global search, projected once per iteration, with the
-    back-projection sums per fine row.
+    """The whole oversampled grid of a global search with the back-projection sums per fine row;
+    the children of a coarse row are projected the first time the row is significant for an image
+    and kept for the rest of the E-step.
 
     matrices : (R_f, 3, 3); parent : (R_f,) coarse row (children come in blocks of 8^os);
-    classes : (R_f,); proj : the projections (R_f rows) at the fine window; data : (R_f, 2K) and
-    weight : (R_f, K) float32 sums
+    classes : (R_f,); proj : the projections (R_f rows) at the fine window, zero until projected;
+    projected : (R_c,) bool per coarse row; data : (R_f, 2K) and weight : (R_f, K) float32 sums
     """
 
     matrices: torch.Tensor
     parent: torch.Tensor
     classes: torch.Tensor
     proj: Projections
+    projected: torch.Tensor
     data: torch.Tensor
     weight: torch.Tensor
 
     @classmethod
-    def build(cls, projectors: list[Projector], cand: Candidates, oversampling: int,
-              window: FrequencyWindow) -> FineGrid:
+    def build(cls, cand: Candidates, oversampling: int, window: FrequencyWindow) -> FineGrid:
         every = torch.arange(len(cand.table))
         children = oversampled_children(cand.table, every.numpy(), oversampling)
         n_child = len(children) // len(cand.table)
         mats = _child_matrices(cand, every, children, n_child)
         classes = cand.classes.repeat_interleave(n_child)
-        proj = Projections.of(project_rows(projectors, mats, classes, window.k))
-        k = len(window.k)
-        return cls(mats, every.repeat_interleave(n_child), classes, proj, torch.zeros((len(mats), 2 * k)),
-                   torch.zeros((len(mats), k)))
+        n, k = len(mats), len(window.k)
+        proj = Projections(torch.zeros((n, 2 * k)), torch.zeros((n, k)))
+        return cls(mats, every.repeat_interleave(n_child), classes, proj, torch.zeros(len(every), dtype=torch.bool),
+                   torch.zeros((n, 2 * k)), torch.zeros((n, k)))
+
+    def project(self, projectors: list[Projector], coarse_rows: torch.Tensor, window: FrequencyWindow) -> None:
+        """Make sure the children of `coarse_rows` (n,) are projected."""
+        todo = coarse_rows[~self.projected[coarse_rows]]
+        if len(todo) == 0:
+            return
+        n_child = len(self.parent) // len(self.projected)
+        rows = (todo[:, None] * n_child + torch.arange(n_child)[None]).reshape(-1)
+        new = Projections.of(project_rows(projectors, self.matrices[rows], self.classes[rows], window.k))
+        self.proj.real[rows] = new.real
+        self.proj.abs2[rows] = new.abs2
+        self.projected[todo] = True
 
     @staticmethod
     def fits(n_coarse: int, oversampling: int, window: FrequencyWindow, budget_bytes: float = 1.5e9) -> bool:
