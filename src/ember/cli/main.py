@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,12 +30,18 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _worker() -> bool:
+    """A torchrun rank other than 0 (rank 0 speaks for all)."""
+    return os.environ.get("RANK", "0") != "0"
+
+
 def handles_errors(func):
     """Turn EmberInputError (and a few stdlib input errors) into one line and exit code 2."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+        logging.basicConfig(level=logging.WARNING if _worker() else logging.INFO, format="%(message)s",
+                            stream=sys.stderr)
         try:
             return func(*args, **kwargs)
         except EmberInputError as exc:
@@ -50,7 +57,7 @@ def progress_bar(description: str, quiet: bool = False):
     """Yield a `progress(done, total)` callback drawing a rich bar (or nothing when quiet).
 
     The bar appears at the first update, so input errors found before any work print alone."""
-    if quiet:
+    if quiet or _worker():
         yield None
         return
     columns = (
@@ -271,6 +278,9 @@ def refine3d(
     run_model.star, fsc.png and angular_distribution.png at the end.
 
     Example: ember refine3d --i particles.star --ref init.mrc --particle_diameter 160 --ini_high 40 --o refine/
+
+    Several processes share the particles (same result): torchrun --standalone --nproc_per_node 4 -m ember
+    refine3d … (gloo on CPU, NCCL with --device cuda; --nnodes for several machines).
     """
     from ember.jobs.refine3d import Refine3DConfig
     from ember.jobs.refine3d import refine3d as run
@@ -285,7 +295,8 @@ def refine3d(
     )
     with progress_bar("refine3d", quiet) as bar:
         final = run(cfg, bar)
-    console.print(f"wrote {final}")
+    if not _worker():
+        console.print(f"wrote {final}")
 
 
 @app.command()

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ember.operators.reconstructor import Reconstructor
+from ember.parallel import Ranks
 
 
 @dataclass
@@ -96,6 +97,15 @@ class Sums:
                    np.zeros(n_classes), signal_product=np.zeros(n_scale_groups),
                    reference_power=np.zeros(n_scale_groups), scale_weight=np.zeros(n_scale_groups))
 
+    def all_reduce(self, ranks: Ranks) -> None:
+        """Sum these statistics over the ranks (each rank saw a share of the particles), in place."""
+        if ranks.size == 1:
+            return
+        scalars = np.array([self.offset_sq, self.loglik])
+        ranks.add(*(r.sums for r in self.reconstructors), self.sigma2, self.n_images, self.pdf_direction,
+                  self.class_weight, self.signal_product, self.reference_power, self.scale_weight, scalars)
+        self.offset_sq, self.loglik = float(scalars[0]), float(scalars[1])
+
     def __add__(self, other: Sums) -> Sums:
         """Statistics of both (reconstructors: the caller joins them; σ², counts and pdfs add)."""
         return Sums(self.reconstructors, self.sigma2 + other.sigma2, self.n_images + other.n_images,
@@ -123,6 +133,18 @@ class ParticleResults:
     n_significant: np.ndarray
     loglik: np.ndarray
     residual_power: np.ndarray
+
+    def all_reduce(self, ranks: Ranks, rows: np.ndarray) -> None:
+        """Gather every rank's particles: this rank filled `rows`, the others the rest."""
+        if ranks.size == 1:
+            return
+        mine = np.zeros(len(self.pmax), dtype=bool)
+        mine[rows] = True
+        for a in (self.angles, self.offsets_px, self.classes, self.class_posterior, self.pmax, self.n_significant,
+                  self.loglik, self.residual_power):
+            shape = (-1,) + (1,) * (a.ndim - 1)
+            a[:] = np.where(mine.reshape(shape), a, 0)
+            ranks.add(a)
 
     @classmethod
     def empty(cls, n: int, n_classes: int = 1) -> ParticleResults:

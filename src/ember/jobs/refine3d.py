@@ -12,7 +12,7 @@ import dataclasses
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +57,7 @@ from ember.maths.symmetry import symmetry_operators
 from ember.operators.filters import lowpass_raised_cosine
 from ember.operators.projector import Projector
 from ember.operators.reconstructor import Reconstructor, join_low_resolution
+from ember.parallel import Ranks
 from ember.report.plots import plot_angular_distribution, plot_fsc
 
 logger = logging.getLogger(__name__)
@@ -122,6 +123,7 @@ class Run:
     directions: np.ndarray
     ave_pmax: float = 0.0
     norms: np.ndarray | None = None  # (n,) per-particle norm corrections (rlnNormCorrection)
+    ranks: Ranks = field(default_factory=Ranks)  # processes sharing the particles (torchrun)
 
     @property
     def angle_priors(self) -> np.ndarray:
@@ -151,11 +153,13 @@ class Run:
 
 def refine3d(cfg: Refine3DConfig, progress=None) -> Path:
     """Run auto-refinement; returns the path of the final map."""
-    select_device(cfg.device, cfg.threads)
+    ranks = Ranks.from_environment(select_device(cfg.device, cfg.threads))
     out = Path(cfg.output)
     run = resume(cfg) if cfg.continue_from else start(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    write_job_json(out, "refine3d", cfg)
+    run.ranks = ranks
+    if ranks.is_root:
+        out.mkdir(parents=True, exist_ok=True)
+        write_job_json(out, "refine3d", cfg)
     while True:
         run.state.iteration += 1
         t0 = time.perf_counter()
@@ -174,6 +178,7 @@ def refine3d(cfg: Refine3DConfig, progress=None) -> Path:
         if run.state.converged or run.state.iteration >= cfg.max_iterations:
             run.state.final = True
     run.dataset.close()
+    ranks.close()
     return out / "run_class001.mrc"
 
 
@@ -245,6 +250,7 @@ def iterate(run: Run, progress=None) -> None:
     sums = [Sums.empty(box, 1, groups, n_dirs, r_max=st.current_size // 2, n_scale_groups=n_scale) for _ in range(2)]
     weighting = CrossCorrelation() if cfg.maxcc else Marginalisation()
     done = 0
+    mine = []
     for h in (0, 1):
         model = run.models[0 if cfg.no_halves else h]
         rho = _perturb(model.rho, cfg.perturb, rng)
@@ -253,13 +259,14 @@ def iterate(run: Run, progress=None) -> None:
         settings = EStepSettings(coarse_win, fine_win, trans, st.offset_step_px, st.oversampling, pixel,
                                  cfg.adaptive_fraction, weighting, cfg.maxsig, norm_residuals=cfg.norm,
                                  scale_sums=cfg.scale and n_scale > 1)
-        indices = np.flatnonzero(run.subsets == h + 1)
+        indices = run.ranks.share(np.flatnonzero(run.subsets == h + 1))
+        mine.append(indices)
 
         def tick(k: int) -> None:
             nonlocal done
             done += k
             if progress:
-                progress(done, len(run.subsets))
+                progress(min(done * run.ranks.size, len(run.subsets)), len(run.subsets))
 
         run_expectation(run.dataset, indices, model, sampling, settings, sums[h], run.results,
                         prior_angles_deg=angle_priors, prior_offsets_px=old_offsets,
@@ -267,6 +274,9 @@ def iterate(run: Run, progress=None) -> None:
                         symmetry=run.symmetry,
                         mask_radius_px=run.mask_radius_px, batch_size=cfg.batch_size, use_ctf=cfg.ctf,
                         progress=tick)
+    for s in sums:
+        s.all_reduce(run.ranks)
+    run.results.all_reduce(run.ranks, np.concatenate(mine))
     run.ave_pmax = float(run.results.pmax.mean())
     if cfg.norm:
         _update_norms(run)
@@ -296,7 +306,8 @@ def iterate(run: Run, progress=None) -> None:
     update_resolution(st, half_fsc, cfg.tau2_fudge)
     _update_sampling(run, old_angles, old_offsets, fine_win, rng)
     check_convergence(st)
-    write_outputs(run, f"run_it{st.iteration:03d}")
+    if run.ranks.is_root:
+        write_outputs(run, f"run_it{st.iteration:03d}")
 
 
 def _update_norms(run: Run) -> None:
@@ -362,8 +373,9 @@ def finish(run: Run, sums) -> None:
                      symmetry=run.symmetry, mask_radius_px=None, fsc=half_fsc, update_noise=not cfg.maxcc)
     run.state.resolution_shell = _final_shell(half_fsc)
     run.models = [final, final]
-    write_outputs(run, "run", final_maps={"class001": final.references[0], "half1_class001_unfil": unfil[0],
-                                          "half2_class001_unfil": unfil[1]})
+    if run.ranks.is_root:
+        write_outputs(run, "run", final_maps={"class001": final.references[0], "half1_class001_unfil": unfil[0],
+                                              "half2_class001_unfil": unfil[1]})
 
 
 def _final_shell(fsc: torch.Tensor) -> int:
