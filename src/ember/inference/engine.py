@@ -9,7 +9,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ember.inference.estep import Candidates, EStepSettings, FineGrid, expectation, project_rows
+from ember.inference.estep import Candidates, EStepSettings, FineGrid, Projections, expectation, project_rows
 from ember.inference.images import prepare_batch
 from ember.inference.local_search import local_candidates
 from ember.inference.model import Model, ParticleResults, SamplingState, Sums
@@ -66,7 +66,7 @@ def run_expectation(
     shared, grid = None, None
     if sampling.sigma_ang_deg is None:
         shared = global_candidates(sampling, model, model.rho)
-        proj_c = project_rows(projectors, shared.matrices, shared.classes, settings.coarse_window.k)
+        proj_c = Projections.of(project_rows(projectors, shared.matrices, shared.classes, settings.coarse_window.k))
         if settings.oversampling > 0 and FineGrid.fits(len(shared.table), settings.oversampling, settings.fine_window):
             grid = FineGrid.build(shared, settings.oversampling, settings.fine_window)
     log_pi = _log(model.class_prior)
@@ -77,7 +77,7 @@ def run_expectation(
                               image_scale=None if image_scales is None else image_scales[idx])
         if shared is None:
             cand = local_candidates(sampling, prior_angles_deg[idx], symmetry, model.rho).with_classes(log_pi)
-            proj = project_rows(projectors, cand.matrices, cand.classes, settings.coarse_window.k)
+            proj = Projections.of(project_rows(projectors, cand.matrices, cand.classes, settings.coarse_window.k))
         else:
             cand, proj = shared, proj_c
         expectation(batch, model, projectors, cand, proj, settings, sums, results, grid)

@@ -103,11 +103,18 @@ class Marginalisation:
     def log_likelihood(self, term1: torch.Tensor, cross: torch.Tensor, term2: torch.Tensor) -> torch.Tensor:
         return -(term1 - 2 * cross + term2)
 
+    def centred(self, term1: torch.Tensor, cross: torch.Tensor, term2: torch.Tensor) -> torch.Tensor:
+        """log-likelihood up to a constant per image (−term2 dropped): what pass 1 needs, small
+        enough for float32; computed in the memory of `cross`."""
+        return cross.mul_(2).sub_(term1)
+
     def unnormalised(self, log_w: torch.Tensor, rows: torch.Tensor, n_images: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """exp(log w − max over the image's rows) (0 beyond EXP_CUTOFF) and that max (n_images,)."""
+        """exp(log w − max over the image's rows) (0 beyond EXP_CUTOFF) and that max (n_images,);
+        computed in the memory of `log_w`, which is overwritten."""
         best = _image_max(log_w, rows, n_images)
-        d = log_w - best[rows][:, None].to(log_w.dtype)
-        return torch.where(d < -EXP_CUTOFF, torch.zeros_like(d), torch.exp(d)), best
+        d = log_w.sub_(best[rows][:, None].to(log_w.dtype))
+        beyond = d < -EXP_CUTOFF
+        return d.exp_().masked_fill_(beyond, 0.0), best
 
 
 class CrossCorrelation:
@@ -122,6 +129,8 @@ class CrossCorrelation:
 
     def log_likelihood(self, term1: torch.Tensor, cross: torch.Tensor, term2: torch.Tensor) -> torch.Tensor:
         return cross / (torch.sqrt(term1.clamp(min=1e-30)) * torch.sqrt(term2))
+
+    centred = log_likelihood
 
     def unnormalised(self, log_w: torch.Tensor, rows: torch.Tensor, n_images: int) -> tuple[torch.Tensor, torch.Tensor]:
         best = _image_max(log_w, rows, n_images)
@@ -239,12 +248,12 @@ def significance(weights: torch.Tensor, fraction: float) -> tuple[torch.Tensor, 
 
     Only values ≥ (1 − fraction)·sum/n_nonzero can be needed (the rest hold less than 1 − fraction
     together), so at most that many are sorted (topk)."""
-    total = weights.sum(dim=1, keepdim=True)
+    total = weights.sum(dim=1, keepdim=True, dtype=torch.float64)
     nonzero = (weights > 0).sum(dim=1, keepdim=True).clamp(min=1)
-    floor = (1 - fraction) * total / nonzero
+    floor = ((1 - fraction) * total / nonzero).to(weights.dtype)
     k = int((weights >= floor).sum(dim=1).max().clamp(min=1))
     top = torch.topk(weights, k, dim=1, sorted=True).values
-    cum = torch.cumsum(top, dim=1)
+    cum = torch.cumsum(top.double(), dim=1)
     count = (cum < fraction * total).sum(dim=1) + 1
     count = torch.minimum(count, torch.full_like(count, k))
     count = torch.minimum(count, nonzero.squeeze(1))
@@ -284,22 +293,22 @@ class Pixels:
         return (self.w * self.x.abs() ** 2).sum(dim=1)
 
 
-def _score_coarse(batch: ImageBatch, model: Model, cand: Candidates, proj_c: torch.Tensor, st: EStepSettings,
+def _score_coarse(batch: ImageBatch, model: Model, cand: Candidates, proj_c: Projections, st: EStepSettings,
                   box: int) -> torch.Tensor:
-    """log-likelihood of pass 1 → (B, T, Rb) float64."""
+    """log-likelihood of pass 1 up to a constant per image → (B, T, Rb) float32 (it only selects
+    the significant samples; pass 2 scores them again)."""
     px = Pixels.of(batch, st.coarse_window, model, st.weighting)
     y = px.x[:, None, :] * phases(st.coarse_window, st.translations_px, box)[None]  # (B, T, K)
     a = _real_cat(y * (px.w * px.c_ref)[:, None, :])  # (B, T, 2K)
-    p2 = (torch.abs(proj_c) ** 2).to(torch.float32)  # (U, K)
     wc2 = (px.w * px.c_ref**2).to(torch.float32)  # (B, K)
     if cand.per_image is None:
-        cross = _gemm(a, _real_cat(proj_c).T)  # (B, T, R): one GEMM over all classes' projections
-        term1 = wc2 @ p2.T  # (B, R)
+        cross = _gemm(a, proj_c.real.T)  # (B, T, R): one GEMM over all classes' projections
+        term1 = wc2 @ proj_c.abs2.T  # (B, R)
     else:
         idx = cand.per_image.clamp(min=0)
-        cross = torch.bmm(a, _real_cat(proj_c)[idx].transpose(1, 2))
-        term1 = torch.bmm(wc2[:, None, :], p2[idx].transpose(1, 2)).squeeze(1)
-    return st.weighting.log_likelihood(term1.double()[:, None, :], cross.double(), px.term2()[:, None, None])
+        cross = torch.bmm(a, proj_c.real[idx].transpose(1, 2))
+        term1 = torch.bmm(wc2[:, None, :], proj_c.abs2[idx].transpose(1, 2)).squeeze(1)
+    return st.weighting.centred(term1[:, None, :], cross, px.term2().to(torch.float32)[:, None, None])
 
 
 def _offset_log_prior(batch: ImageBatch, t_rel: torch.Tensor, model: Model, pixel: float) -> torch.Tensor:
@@ -336,7 +345,7 @@ def expectation(
     model: Model,
     projectors: list[Projector],
     cand: Candidates,
-    proj_c: torch.Tensor,
+    proj_c: Projections,
     st: EStepSettings,
     sums: Sums,
     results: ParticleResults,
@@ -354,7 +363,10 @@ def expectation(
     loglik = _score_coarse(batch, model, cand, proj_c, st, box)  # (B, T, Rb)
     prior_t = _offset_log_prior(batch, st.translations_px, model, st.pixel_size)  # (B, T)
     prior_r = cand.log_prior if cand.per_image is not None else cand.log_prior[None].expand(n_b, -1)
-    log_w = loglik + prior_t[:, :, None] + prior_r[:, None, :] if st.weighting.uses_priors else loglik
+    if st.weighting.uses_priors:
+        log_w = loglik.add_(prior_t.to(torch.float32)[:, :, None]).add_(prior_r.to(torch.float32)[:, None, :])
+    else:
+        log_w = loglik
     if cand.per_image is not None:
         log_w = torch.where((cand.per_image < 0)[:, None, :], torch.full_like(log_w, -torch.inf), log_w)
     w1, _ = st.weighting.unnormalised(log_w.reshape(n_b, -1), torch.arange(n_b), n_b)
