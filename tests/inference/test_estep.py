@@ -28,6 +28,25 @@ def test_significance_keeps_smallest_set_holding_the_fraction():
     assert count.tolist() == [4, 1]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_significance_equals_sorting_whole_rows(dtype):
+    """The histogram selection gives the count and threshold of a full descending sort, for rows
+    from one dominant weight to flat, with zeros and repeated values."""
+    gen = torch.Generator().manual_seed(1)
+    widths = torch.logspace(-1, 4, 40, dtype=torch.float64)[:, None]
+    log_w = -torch.rand((40, 5000), generator=gen, dtype=torch.float64) * widths
+    w = torch.exp(log_w - log_w.max(dim=1, keepdim=True).values).to(dtype)
+    w[::3, :700] = 0.0
+    w[1::4, 1000:1400] = w[1::4, 999:1000]  # ties
+    for fraction in (0.9, 0.999):
+        thr, count = significance(w, fraction)
+        ordered = torch.sort(w.double(), dim=1, descending=True).values
+        cum = torch.cumsum(ordered, dim=1)
+        expect = (cum < fraction * w.double().sum(dim=1, keepdim=True)).sum(dim=1) + 1
+        assert torch.equal(count, expect)
+        assert torch.equal(thr.double(), ordered.gather(1, (expect - 1)[:, None]).squeeze(1))
+
+
 @pytest.mark.parametrize("maxcc", [False, True])
 def test_estep_recovers_known_poses_of_clean_images(tmp_path, maxcc):
     """Nearly noise-free images of 1AKE: the best pose is a grid point within one fine step (7.5°)

@@ -242,22 +242,37 @@ def _real_cat(z: torch.Tensor) -> torch.Tensor:
     return torch.cat([z.real, z.imag], dim=-1).to(torch.float32)
 
 
+SUB_BINS = 64  # histogram bins per factor of 2 in `significance`
+
+
 def significance(weights: torch.Tensor, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row of weights (B, S) ≥ 0: (threshold (B,), count (B,)) of the smallest set holding
     `fraction` of the row's sum (RELION `convertAllSquaredDifferencesToWeights`).
 
-    Only values ≥ (1 − fraction)·sum/n_nonzero can be needed (the rest hold less than 1 − fraction
-    together), so at most that many are sorted (topk)."""
-    total = weights.sum(dim=1, keepdim=True, dtype=torch.float64)
-    nonzero = (weights > 0).sum(dim=1, keepdim=True).clamp(min=1)
-    floor = ((1 - fraction) * total / nonzero).to(weights.dtype)
-    k = int((weights >= floor).sum(dim=1).max().clamp(min=1))
-    top = torch.topk(weights, k, dim=1, sorted=True).values
-    cum = torch.cumsum(top.double(), dim=1)
-    count = (cum < fraction * total).sum(dim=1) + 1
-    count = torch.minimum(count, torch.full_like(count, k))
-    count = torch.minimum(count, nonzero.squeeze(1))
-    threshold = top.gather(1, (count - 1)[:, None]).squeeze(1)
+    Without sorting rows: the weights are summed in a histogram of log2(w) with SUB_BINS bins per
+    factor of 2; every value in a bin above the one where the sum from the top reaches `fraction`
+    is kept, and only the values of that bin are ordered (topk)."""
+    n_b = len(weights)
+    total = weights.sum(dim=1, dtype=torch.float64)
+    nonzero = (weights > 0).sum(dim=1).clamp(min=1)
+    row_max = weights.max(dim=1, keepdim=True).values.clamp(min=torch.finfo(weights.dtype).tiny)
+    n_bins = 160 * SUB_BINS  # below 2^-160 of the row's largest weight (and zeros): the last bin
+    bins = torch.log2(weights / row_max).mul_(-SUB_BINS).clamp_(max=n_bins - 1).long()  # 0 = the largest values
+    hist = torch.zeros((n_b, n_bins), dtype=torch.float64).scatter_add_(1, bins, weights.double())
+    counts = torch.zeros((n_b, n_bins), dtype=torch.long).scatter_add_(1, bins, torch.ones_like(bins))
+    cum = torch.cumsum(hist, dim=1)
+    goal = fraction * total
+    crossing = (cum < goal[:, None]).sum(dim=1).clamp(max=n_bins - 1)  # the bin holding the last value kept
+    rows = torch.arange(n_b)
+    in_crossing = counts[rows, crossing].clamp(min=1)
+    above = torch.cumsum(counts, dim=1)[rows, crossing] - counts[rows, crossing]
+    sum_above = cum[rows, crossing] - hist[rows, crossing]
+    candidates = torch.where(bins == crossing[:, None], weights, torch.zeros_like(weights))
+    ordered = torch.topk(candidates, int(in_crossing.max()), dim=1, sorted=True).values
+    within = (sum_above[:, None] + torch.cumsum(ordered.double(), dim=1) < goal[:, None]).sum(dim=1) + 1
+    within = torch.minimum(within, in_crossing)
+    count = torch.minimum(above + within, nonzero)
+    threshold = ordered.gather(1, (within - 1)[:, None]).squeeze(1)
     return threshold, count
 
 
