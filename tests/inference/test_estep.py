@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from ember.inference import estep
 from ember.inference.engine import run_expectation
 from ember.inference.estep import CrossCorrelation, EStepSettings, Marginalisation, significance
 from ember.inference.images import FrequencyWindow
@@ -29,9 +30,11 @@ def test_significance_keeps_smallest_set_holding_the_fraction():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_significance_equals_sorting_whole_rows(dtype):
-    """The histogram selection gives the count and threshold of a full descending sort, for rows
-    from one dominant weight to flat, with zeros and repeated values."""
+@pytest.mark.parametrize("topk_fraction", [1.0, 0.0])
+def test_significance_equals_sorting_whole_rows(dtype, topk_fraction, monkeypatch):
+    """Both selections (topk over the candidates, or the histogram) give the count and threshold
+    of a full descending sort, for rows from one dominant weight to flat, with zeros and ties."""
+    monkeypatch.setattr(estep, "TOPK_FRACTION", topk_fraction)
     gen = torch.Generator().manual_seed(1)
     widths = torch.logspace(-1, 4, 40, dtype=torch.float64)[:, None]
     log_w = -torch.rand((40, 5000), generator=gen, dtype=torch.float64) * widths

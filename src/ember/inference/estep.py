@@ -243,18 +243,32 @@ def _real_cat(z: torch.Tensor) -> torch.Tensor:
 
 
 SUB_BINS = 64  # histogram bins per factor of 2 in `significance`
+TOPK_FRACTION = 1 / 16  # `significance` sorts directly when at most this share of a row can be needed
 
 
 def significance(weights: torch.Tensor, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row of weights (B, S) ≥ 0: (threshold (B,), count (B,)) of the smallest set holding
     `fraction` of the row's sum (RELION `convertAllSquaredDifferencesToWeights`).
 
-    Without sorting rows: the weights are summed in a histogram of log2(w) with SUB_BINS bins per
-    factor of 2; every value in a bin above the one where the sum from the top reaches `fraction`
-    is kept, and only the values of that bin are ordered (topk)."""
-    n_b = len(weights)
+    Only values ≥ (1 − fraction)·sum/n_nonzero can be needed (the rest hold less than 1 − fraction
+    together): when few are, they are ordered directly (topk); otherwise the weights are summed in
+    a histogram of log2(w) with SUB_BINS bins per factor of 2, every value in a bin above the one
+    where the sum from the top reaches `fraction` is kept, and only that bin's values are ordered."""
     total = weights.sum(dim=1, dtype=torch.float64)
     nonzero = (weights > 0).sum(dim=1).clamp(min=1)
+    floor = ((1 - fraction) * total / nonzero).to(weights.dtype)
+    k = int((weights >= floor[:, None]).sum(dim=1).max().clamp(min=1))
+    if k <= TOPK_FRACTION * weights.shape[1]:
+        ordered = torch.topk(weights, k, dim=1, sorted=True).values
+        count = (torch.cumsum(ordered.double(), dim=1) < fraction * total[:, None]).sum(dim=1) + 1
+        count = torch.minimum(torch.minimum(count, torch.full_like(count, k)), nonzero)
+        return ordered.gather(1, (count - 1)[:, None]).squeeze(1), count
+    return _significance_by_histogram(weights, fraction, total, nonzero)
+
+
+def _significance_by_histogram(weights: torch.Tensor, fraction: float, total: torch.Tensor, nonzero: torch.Tensor
+                               ) -> tuple[torch.Tensor, torch.Tensor]:
+    n_b = len(weights)
     row_max = weights.max(dim=1, keepdim=True).values.clamp(min=torch.finfo(weights.dtype).tiny)
     n_bins = 160 * SUB_BINS  # below 2^-160 of the row's largest weight (and zeros): the last bin
     bins = torch.log2(weights / row_max).mul_(-SUB_BINS).clamp_(max=n_bins - 1).long()  # 0 = the largest values
