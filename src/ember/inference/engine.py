@@ -9,7 +9,15 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ember.inference.estep import Candidates, EStepSettings, FineGrid, Projections, expectation, project_rows
+from ember.inference.estep import (
+    STAGES,
+    Candidates,
+    EStepSettings,
+    FineGrid,
+    Projections,
+    expectation,
+    project_rows,
+)
 from ember.inference.images import prepare_batch
 from ember.inference.local_search import local_candidates
 from ember.inference.model import Model, ParticleResults, SamplingState, Sums
@@ -62,29 +70,37 @@ def run_expectation(
     (images are pre-centred by their rounded values); offset_priors_px : (n, 2) centres of the
     offset prior (default 0); image_scales : (n,) factors on the images (norm correction avg/norm_j)."""
     r_max = settings.fine_window.size // 2
-    projectors = [Projector.from_volume(ref, r_max=r_max) for ref in model.references]
+    with STAGES("coarse projections"):
+        projectors = [Projector.from_volume(ref, r_max=r_max) for ref in model.references]
     shared, grid = None, None
     if sampling.sigma_ang_deg is None:
         shared = global_candidates(sampling, model, model.rho)
-        proj_c = Projections.of(project_rows(projectors, shared.matrices, shared.classes, settings.coarse_window.k))
+        with STAGES("coarse projections"):
+            proj_c = Projections.of(project_rows(projectors, shared.matrices, shared.classes,
+                                                 settings.coarse_window.k))
         if settings.oversampling > 0 and FineGrid.fits(len(shared.table), settings.oversampling, settings.fine_window):
             grid = FineGrid.build(shared, settings.oversampling, settings.fine_window)
     log_pi = _log(model.class_prior)
     for start in range(0, len(indices), batch_size):
         idx = indices[start : start + batch_size]
-        batch = prepare_batch(dataset, idx, prior_offsets_px[idx], mask_radius_px=mask_radius_px, use_ctf=use_ctf,
-                              offset_priors_px=None if offset_priors_px is None else offset_priors_px[idx],
-                              image_scale=None if image_scales is None else image_scales[idx])
+        with STAGES("reading and transforming images"):
+            batch = prepare_batch(dataset, idx, prior_offsets_px[idx], mask_radius_px=mask_radius_px,
+                                  use_ctf=use_ctf,
+                                  offset_priors_px=None if offset_priors_px is None else offset_priors_px[idx],
+                                  image_scale=None if image_scales is None else image_scales[idx])
         if shared is None:
             cand = local_candidates(sampling, prior_angles_deg[idx], symmetry, model.rho).with_classes(log_pi)
-            proj = Projections.of(project_rows(projectors, cand.matrices, cand.classes, settings.coarse_window.k))
+            with STAGES("coarse projections"):
+                proj = Projections.of(project_rows(projectors, cand.matrices, cand.classes,
+                                                   settings.coarse_window.k))
         else:
             cand, proj = shared, proj_c
         expectation(batch, model, projectors, cand, proj, settings, sums, results, grid)
         if progress:
             progress(len(idx))
     if grid is not None:
-        grid.insert_into(sums, settings.fine_window)
+        with STAGES("back-projection of the fine grid"):
+            grid.insert_into(sums, settings.fine_window)
 
 
 def angular_changes(old_deg: np.ndarray, new_deg: np.ndarray, symmetry: torch.Tensor | None = None) -> np.ndarray:

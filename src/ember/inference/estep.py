@@ -16,6 +16,7 @@ reconstructor, the σ² sums per optics group, the offset, direction and class s
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -192,6 +193,28 @@ class GemmStats:
 
 
 GEMM_STATS = GemmStats()
+
+
+@dataclass
+class StageTimes:
+    """Optional wall time per stage of the E-step (benchmarks switch it on): `with STAGES("name"):`."""
+
+    enabled: bool = False
+    seconds: dict = field(default_factory=dict)
+
+    @contextmanager
+    def __call__(self, name: str):
+        if not self.enabled:
+            yield
+            return
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+STAGES = StageTimes()
 
 
 def _gemm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -389,7 +412,8 @@ def expectation(
     box = projectors[0].box
     n_b = len(batch)
     # ---- pass 1: coarse rows × coarse translations at the coarse window
-    loglik = _score_coarse(batch, model, cand, proj_c, st, box)  # (B, T, Rb)
+    with STAGES("pass 1: coarse scores"):
+        loglik = _score_coarse(batch, model, cand, proj_c, st, box)  # (B, T, Rb)
     prior_t = _offset_log_prior(batch, st.translations_px, model, st.pixel_size)  # (B, T)
     prior_r = cand.log_prior if cand.per_image is not None else cand.log_prior[None].expand(n_b, -1)
     if st.weighting.uses_priors:
@@ -398,8 +422,9 @@ def expectation(
         log_w = loglik
     if cand.per_image is not None:
         log_w = torch.where((cand.per_image < 0)[:, None, :], torch.full_like(log_w, -torch.inf), log_w)
-    w1, _ = st.weighting.unnormalised(log_w.reshape(n_b, -1), torch.arange(n_b), n_b)
-    thr1, count1 = significance(w1, st.adaptive_fraction)
+    with STAGES("pass 1: weights and significance"):
+        w1, _ = st.weighting.unnormalised(log_w.reshape(n_b, -1), torch.arange(n_b), n_b)
+        thr1, count1 = significance(w1, st.adaptive_fraction)
     if st.maxsig is not None:  # RELION --maxsig: at most this many coarse samples per image
         top = torch.topk(w1, min(st.maxsig, w1.shape[1]), dim=1).values[:, -1]
         thr1 = torch.maximum(thr1, top)
@@ -408,10 +433,13 @@ def expectation(
     results.n_significant[batch.indices] = count1.numpy()
     n_sig = int(significant.sum())
     if fine_grid is not None:
-        fine_grid.project(projectors, torch.nonzero(significant.any(dim=1).any(dim=0)).squeeze(1), st.fine_window)
+        with STAGES("fine projections"):
+            fine_grid.project(projectors, torch.nonzero(significant.any(dim=1).any(dim=0)).squeeze(1),
+                              st.fine_window)
     if fine_grid is not None and n_sig * SPARSE_COST > n_b * loglik.shape[1] * len(fine_grid.parent):
-        _dense_fine(batch, model, st, significant, prior_t, cand, fine_grid, FineShifts.build(st, box), sums,
-                    results)
+        with STAGES("pass 2: dense scores and sums"):
+            _dense_fine(batch, model, st, significant, prior_t, cand, fine_grid, FineShifts.build(st, box), sums,
+                        results)
         return
     # ---- pass 2 (sparse): children of each image's significant coarse samples, a group of
     # images at a time so that memory is bounded by the number of samples
@@ -424,8 +452,10 @@ def expectation(
         sig_prior = prior_t[members][sig_b, sig_t] + prior_r[members][sig_b, sig_slot]
         sig_r = cand.per_image[members][sig_b, sig_slot] if cand.per_image is not None else sig_slot
         sub = batch.subset(members)
-        fine = _fine_pass(sub, model, projectors, cand, st, sig_b, sig_t, sig_r, sig_prior, shifts, fine_grid)
-        _accumulate(sub, model, st, fine, shifts, sums, results, fine_grid)
+        with STAGES("pass 2: sparse scores"):
+            fine = _fine_pass(sub, model, projectors, cand, st, sig_b, sig_t, sig_r, sig_prior, shifts, fine_grid)
+        with STAGES("pass 2: sparse sums"):
+            _accumulate(sub, model, st, fine, shifts, sums, results, fine_grid)
 
 
 @dataclass
