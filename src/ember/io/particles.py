@@ -22,6 +22,7 @@ CTF_OPTICS = ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast")
 PREMULTIPLIED = "rlnCtfDataAreCtfPremultiplied"  # RELION's label (EMDL_OPTIMISER_DATA_ARE_CTF_PREMULTIPLIED)
 ANGLE_PRIORS = ("rlnAngleRotPrior", "rlnAngleTiltPrior", "rlnAnglePsiPrior")
 OFFSET_PRIORS = ("rlnOriginXPriorAngst", "rlnOriginYPriorAngst")
+SINGLE_PARTICLE_ONLY = "Ember handles single-particle data only (use RELION's tomography pipeline)"
 
 
 def _unset_prior(values: np.ndarray) -> np.ndarray:
@@ -58,6 +59,7 @@ class ParticleDataSet:
     def __init__(self, table: ParticleTable, star_path: str | Path) -> None:
         self.table = table
         self.star_path = Path(star_path)
+        self._check_single_particle()
         self._check_columns()
         self.optics_groups, self._group_index = self._read_optics()
         self.optics = self.optics_groups[0]  # the first group, for callers that assume one
@@ -66,6 +68,7 @@ class ParticleDataSet:
         names = table.particles["rlnImageName"].astype(str).map(parse_image_name)
         self._slices = np.array([n[0] for n in names], dtype=np.int64)
         self._stack_of = [n[1] for n in names]
+        self._whole_files = {name for name in table.particles["rlnImageName"].astype(str) if "@" not in name}
         self._stacks: dict[str, object] = {}
         for stack in dict.fromkeys(self._stack_of):
             self._open(stack)
@@ -93,6 +96,24 @@ class ParticleDataSet:
         """(n,) bool: whether each particle's image is already multiplied by its CTF."""
         flags = np.array([o.ctf_premultiplied for o in self.optics_groups], dtype=bool)
         return flags[self._group_index]
+
+    def _check_single_particle(self) -> None:
+        """Refuse tomography STAR files (RELION 4 subtomograms, RELION 5 2D tilt stacks)."""
+        if any("rlnTomoName" in df for df in (self.table.particles, self.table.optics)):
+            raise EmberInputError(
+                self.star_path,
+                "tomography particles (rlnTomoName) are not single-particle images",
+                SINGLE_PARTICLE_ONLY,
+            )
+        if "rlnImageDimensionality" in self.table.optics:
+            dims = self.table.optics["rlnImageDimensionality"].astype(float)
+            if (dims == 3).any():
+                raise EmberInputError(
+                    self.star_path,
+                    "3D particle images (rlnImageDimensionality 3 in data_optics) are subtomograms, "
+                    "not single-particle images",
+                    SINGLE_PARTICLE_ONLY,
+                )
 
     def _check_columns(self) -> None:
         if "rlnImageName" not in self.table.particles:
@@ -191,6 +212,14 @@ class ParticleDataSet:
         mrc = open_stack(path)
         shape = mrc.data.shape
         ny, nx = shape[-2:]
+        if stack in self._whole_files and len(shape) == 3 and shape[0] > 1:
+            mrc.close()
+            raise EmberInputError(
+                path,
+                f"image named without slice@ is 3D ({shape[0]}×{ny}×{nx}): a subtomogram or tilt stack, "
+                "not a single-particle image",
+                SINGLE_PARTICLE_ONLY,
+            )
         if (ny, nx) != (self.box, self.box):
             mrc.close()
             raise EmberInputError(
