@@ -52,7 +52,6 @@ def test_reads_images_in_star_order_and_offsets_in_pixels(tmp_path):
     "kwargs,match",
     [
         ({"star_box": 18}, "optics group says 18"),
-        ({"header_pixel": 3.0}, "pixel size"),
         ({"drop": "rlnImageName"}, "rlnImageName"),
         ({"box": 15}, "odd"),
     ],

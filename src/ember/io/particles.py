@@ -6,6 +6,7 @@ Stacks are memory-mapped, so memory is bounded by the batch, not by the number o
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,8 @@ import numpy as np
 from ember.errors import EmberInputError
 from ember.io.mrc import open_stack
 from ember.io.star import ParticleTable, read_particles_star
+
+logger = logging.getLogger(__name__)
 
 REQUIRED_OPTICS = ("rlnOpticsGroup", "rlnImagePixelSize", "rlnImageSize")
 CTF_COLUMNS = ("rlnDefocusU", "rlnDefocusV")
@@ -70,8 +73,11 @@ class ParticleDataSet:
         self._stack_of = [n[1] for n in names]
         self._whole_files = {name for name in table.particles["rlnImageName"].astype(str) if "@" not in name}
         self._stacks: dict[str, object] = {}
+        self._header_notes: list[str] = []
+        self._header_pixels: list[tuple[Path, float]] = []
         for stack in dict.fromkeys(self._stack_of):
             self._open(stack)
+        self._warn_headers()
 
     @classmethod
     def from_star(cls, path: str | Path) -> ParticleDataSet:
@@ -209,7 +215,7 @@ class ParticleDataSet:
 
     def _open(self, stack: str) -> None:
         path = self._resolve(stack)
-        mrc = open_stack(path)
+        mrc = open_stack(path, self._header_notes)
         shape = mrc.data.shape
         ny, nx = shape[-2:]
         if stack in self._whole_files and len(shape) == 3 and shape[0] > 1:
@@ -228,13 +234,8 @@ class ParticleDataSet:
                 "fix rlnImageSize in data_optics or re-extract",
             )
         pixel = float(mrc.voxel_size.x)
-        if pixel > 0 and abs(pixel - self.pixel_size) > 1e-3 * self.pixel_size:
-            mrc.close()
-            raise EmberInputError(
-                path,
-                f"header pixel size {pixel:.4f} Å disagrees with the STAR's {self.pixel_size:.4f} Å",
-                "fix rlnImagePixelSize or the stack header",
-            )
+        if abs(pixel - self.pixel_size) > 1e-3 * self.pixel_size:  # RELION uses the STAR's: so do we, saying so
+            self._header_pixels.append((path, pixel))
         n = 1 if len(shape) == 2 else shape[0]
         used = self._slices[[s == stack for s in self._stack_of]]
         if used.max() >= n or used.min() < 0:
@@ -245,6 +246,23 @@ class ParticleDataSet:
                 "fix rlnImageName or the stack",
             )
         self._stacks[stack] = mrc
+
+    def _warn_headers(self) -> None:
+        """One warning per kind for the stacks opened: nonstandard headers, header pixel sizes
+        that differ from the STAR's (the first stack named, the others counted)."""
+
+        def more(n: int) -> str:
+            return f" (and {n} more stack{'s' if n > 1 else ''})" if n else ""
+
+        if self._header_notes:
+            logger.warning("%s%s", self._header_notes[0], more(len(self._header_notes) - 1))
+        if self._header_pixels:
+            path, pixel = self._header_pixels[0]
+            logger.warning(
+                "%s: header pixel size %.4f Å differs from the STAR's rlnImagePixelSize %.4f Å%s; "
+                "using the STAR's, as RELION does",
+                path, pixel, self.pixel_size, more(len(self._header_pixels) - 1),
+            )
 
     def images(self, indices: np.ndarray) -> np.ndarray:
         """Read particles `indices` → (B, N, N) float32. Raises on NaN/inf pixels."""
@@ -317,17 +335,26 @@ class ParticleDataSet:
 
 
 def check_map_matches(map_path: str | Path, box: int, pixel_size: float, dataset: ParticleDataSet) -> None:
-    """Raise if a reference map's box or pixel size (Å) disagrees with the particles'."""
+    """Raise if a reference map's box or pixel size (Å) disagrees with the particles'. A header pixel
+    size of 0 (unset) or 1.0 Å (a common placeholder) is taken as the particles', with a warning."""
     if box != dataset.box:
         raise EmberInputError(
             map_path,
             f"map box {box} differs from the particles' {dataset.box} ({dataset.star_path})",
             "resample the map to the particles' box",
         )
-    if abs(pixel_size - dataset.pixel_size) > 1e-3 * dataset.pixel_size:
-        raise EmberInputError(
-            map_path,
-            f"map pixel size {pixel_size:.4f} Å differs from the particles' "
-            f"{dataset.pixel_size:.4f} Å ({dataset.star_path})",
-            "fix the map header or rescale the map",
+    if abs(pixel_size - dataset.pixel_size) <= 1e-3 * dataset.pixel_size:
+        return
+    if pixel_size == 0 or abs(pixel_size - 1.0) < 1e-6:  # header never set (0) or the common placeholder 1.0 Å
+        logger.warning(
+            "%s: map header pixel size %.4f Å (unset or a placeholder) differs from the particles' %.4f Å; "
+            "the box matches, so the map is taken at the particles' pixel size",
+            map_path, pixel_size, dataset.pixel_size,
         )
+        return
+    raise EmberInputError(
+        map_path,
+        f"map pixel size {pixel_size:.4f} Å differs from the particles' "
+        f"{dataset.pixel_size:.4f} Å ({dataset.star_path})",
+        "fix the map header or rescale the map",
+    )
