@@ -25,12 +25,50 @@ CTF_OPTICS = ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast")
 PREMULTIPLIED = "rlnCtfDataAreCtfPremultiplied"  # RELION's label (EMDL_OPTIMISER_DATA_ARE_CTF_PREMULTIPLIED)
 ANGLE_PRIORS = ("rlnAngleRotPrior", "rlnAngleTiltPrior", "rlnAnglePsiPrior")
 OFFSET_PRIORS = ("rlnOriginXPriorAngst", "rlnOriginYPriorAngst")
+# Optics corrections RELION applies and Ember does not, with their "no correction" value
+# (Zernike columns hold lists, "[c1,c2,...]": no correction when empty or all zero).
+CORRECTIONS = {
+    "rlnBeamTiltX": ("beam tilt", 0.0),
+    "rlnBeamTiltY": ("beam tilt", 0.0),
+    "rlnOddZernike": ("odd Zernike terms", None),
+    "rlnEvenZernike": ("even Zernike terms", None),
+    "rlnMagMat00": ("anisotropic magnification", 1.0),
+    "rlnMagMat01": ("anisotropic magnification", 0.0),
+    "rlnMagMat10": ("anisotropic magnification", 0.0),
+    "rlnMagMat11": ("anisotropic magnification", 1.0),
+}
 SINGLE_PARTICLE_ONLY = "Ember handles single-particle data only (use RELION's tomography pipeline)"
 
 
 def _unset_prior(values: np.ndarray) -> np.ndarray:
     """RELION's "not set" sentinel for priors: 999 (tested as 998.99 < v < 999.01)."""
     return (values > 998.99) & (values < 999.01)
+
+
+def _zernike_nonzero(value) -> bool:
+    """A Zernike list cell ("[0.01,-0.002]") holds a nonzero term (or cannot be read)."""
+    text = str(value).strip().strip("[]").replace(",", " ").split()
+    try:
+        return any(float(v) != 0 for v in text)
+    except ValueError:
+        return True
+
+
+def _applies_correction(name: str, values) -> bool:
+    """Whether a correction column holds a value other than "no correction" anywhere."""
+    _, neutral = CORRECTIONS[name]
+    if neutral is None:
+        return any(_zernike_nonzero(v) for v in values)
+    x = np.asarray([float(v) if _is_number(v) else np.nan for v in values])
+    return bool((~(np.abs(x - neutral) <= 1e-6)).any())
+
+
+def _is_number(value) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def parse_image_name(name: str) -> tuple[int, str]:
@@ -63,6 +101,7 @@ class ParticleDataSet:
         self.table = table
         self.star_path = Path(star_path)
         self._check_single_particle()
+        self._check_corrections()
         self._check_columns()
         self.optics_groups, self._group_index = self._read_optics()
         self.optics = self.optics_groups[0]  # the first group, for callers that assume one
@@ -120,6 +159,19 @@ class ParticleDataSet:
                     "not single-particle images",
                     SINGLE_PARTICLE_ONLY,
                 )
+
+    def _check_corrections(self) -> None:
+        """Refuse optics corrections (beam tilt, Zernike terms, magnification matrix) with values that
+        would change the images' model: Ember does not apply them, so it does not drop them silently."""
+        tables = (self.table.optics, self.table.particles)
+        found = [n for n in CORRECTIONS if any(n in df and _applies_correction(n, df[n]) for df in tables)]
+        if found:
+            kinds = ", ".join(dict.fromkeys(CORRECTIONS[n][0] for n in found))
+            raise EmberInputError(
+                self.star_path,
+                f"optics corrections Ember does not apply: {kinds} ({', '.join(found)})",
+                "remove the columns to ignore the correction, at your own risk",
+            )
 
     def _check_columns(self) -> None:
         if "rlnImageName" not in self.table.particles:
