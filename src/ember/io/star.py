@@ -6,6 +6,7 @@ the 3.1 layout (`data_optics` + `data_particles`, offsets in Å).
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,10 @@ import starfile
 from ember.errors import EmberInputError
 from ember.io.atomic import atomic_path
 
+logger = logging.getLogger(__name__)
+
 OPTICS_KEYS_30 = ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast")
+NUMPY_MAGIC = b"\x93NUMPY"  # cryoSPARC .cs files are NumPy arrays written with np.save
 
 
 @dataclass
@@ -31,17 +35,31 @@ class ParticleTable:
         return ParticleTable(self.optics.copy(), self.particles.copy())
 
 
+def _starts_with(path: Path, magic: bytes) -> bool:
+    if not path.is_file():
+        return False
+    with path.open("rb") as f:
+        return f.read(len(magic)) == magic
+
+
 def read_star_blocks(path: str | Path) -> dict[str, pd.DataFrame]:
     """Read every data block of a STAR file (loops as DataFrames, lists as one-row frames)."""
     path = Path(path)
     if not path.exists():
         raise EmberInputError(path, "file not found", "check the path")
+    if path.suffix == ".cs" or _starts_with(path, NUMPY_MAGIC):
+        raise EmberInputError(
+            path,
+            "a cryoSPARC .cs file, not a RELION STAR file",
+            "convert it with csparc2star.py from pyem (or cryoSPARC's export to RELION) and give the .star",
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             blocks = starfile.read(path, always_dict=True)
     except Exception as exc:  # starfile raises many types on malformed text
-        raise EmberInputError(path, f"not a readable STAR file ({exc})", "check its syntax") from None
+        reason = " ".join(str(exc).split())  # one line: parsers' messages end in or hold newlines
+        raise EmberInputError(path, f"not a readable STAR file ({reason})", "check its syntax") from None
     out: dict[str, pd.DataFrame] = {}
     for name, block in blocks.items():
         out[name] = block if isinstance(block, pd.DataFrame) else pd.DataFrame([block])
@@ -84,12 +102,26 @@ def _convert_30(df: pd.DataFrame, path: Path) -> ParticleTable:
     return ParticleTable(optics, df.drop(columns=drop))
 
 
+def _warn_pixel_offsets(df: pd.DataFrame, path: Path) -> None:
+    """RELION 3.1+ layout with offsets (or offset priors) only in the 3.0 pixel columns: RELION 3.1
+    does not read them and neither does Ember (offsets 0), but a user should know."""
+    pairs = [(f"rlnOrigin{a}{p}", f"rlnOrigin{a}{p}Angst") for p in ("", "Prior") for a in ("X", "Y")]
+    stale = [(px, angst) for px, angst in pairs if px in df and angst not in df]
+    if stale:
+        logger.warning(
+            "%s: %s in pixels without the Å columns (%s) are ignored, as RELION 3.1 ignores them: offsets "
+            "start at 0; to keep them, convert to Å (multiply by rlnImagePixelSize) into the Å columns",
+            path, ", ".join(px for px, _ in stale), ", ".join(angst for _, angst in stale),
+        )
+
+
 def read_particles_star(path: str | Path) -> ParticleTable:
     """Read a particle STAR file (RELION 3.0 or 3.1+) into the 3.1 layout."""
     path = Path(path)
     blocks = read_star_blocks(path)
     if "particles" in blocks and "optics" in blocks:
         table = ParticleTable(blocks["optics"].copy(), blocks["particles"].copy())
+        _warn_pixel_offsets(table.particles, path)
     elif len(blocks) == 1 or "" in blocks or "images" in blocks:
         table = _convert_30(next(iter(blocks.values())), path)
     else:

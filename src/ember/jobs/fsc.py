@@ -55,6 +55,13 @@ def fsc_job(path1: Path, path2: Path, output: Path | None = None) -> FscResult:
     """Compare two map files; with `output`, write fsc.star and fsc.png there."""
     map1, pix1 = read_map(path1)
     map2, pix2 = read_map(path2)
+    for path, pix in ((path1, pix1), (path2, pix2)):
+        if not pix > 0:  # unset voxel size: resolutions in Å would read 0.00
+            raise EmberInputError(
+                path,
+                f"header pixel size {pix:g} Å: resolutions in Å need the map's pixel size",
+                "set the voxel size in the map header (e.g. relion_image_handler --angpix)",
+            )
     if map1.shape != map2.shape:
         raise EmberInputError(path2, f"box {map2.shape[0]} differs from {path1}'s {map1.shape[0]}", "resample one map")
     if abs(pix1 - pix2) > 1e-3 * pix1:
