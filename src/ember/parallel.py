@@ -47,14 +47,17 @@ class Ranks:
         return np.array_split(indices, self.size)[self.rank]
 
     def add(self, *arrays: np.ndarray | torch.Tensor) -> None:
-        """Replace each array (NumPy or torch, any shape) by its sum over the ranks, in place."""
+        """Replace each array (NumPy or torch, any shape) by its sum over the ranks, in place
+        (floating arrays in their own precision, integers exactly through float64)."""
         if self.size == 1:
             return
         for a in arrays:
             t = torch.from_numpy(a) if isinstance(a, np.ndarray) else a
-            work = t.to(self.device, torch.float64)
+            exact = t.dtype if t.is_floating_point() else torch.float64  # integers travel as float64
+            work = t.to(self.device, exact)
             dist.all_reduce(work)
-            t.copy_(work.to(t.dtype))
+            if work.data_ptr() != t.data_ptr():
+                t.copy_(work.to(t.dtype))
 
     def close(self) -> None:
         """Leave the process group (after the last collective)."""

@@ -50,6 +50,18 @@ def test_significance_equals_sorting_whole_rows(dtype, topk_fraction, monkeypatc
         assert torch.equal(thr.double(), ordered.gather(1, (expect - 1)[:, None]).squeeze(1))
 
 
+@pytest.mark.parametrize("topk_fraction", [1.0, 0.0])
+def test_significance_of_the_whole_sum_never_selects_zeros(topk_fraction, monkeypatch):
+    """fraction = 1: every nonzero weight is kept and none of the zeros, whatever the rounding of
+    the cumulative sum."""
+    monkeypatch.setattr(estep, "TOPK_FRACTION", topk_fraction)
+    w = torch.exp(-5 * torch.rand((20, 3000), generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    w[:, :100] = 0.0
+    thr, count = significance(w, 1.0)
+    assert (count == 2900).all()
+    assert ((w >= thr[:, None]).sum(dim=1) == 2900).all()
+
+
 @pytest.mark.parametrize("maxcc", [False, True])
 def test_estep_recovers_known_poses_of_clean_images(tmp_path, maxcc):
     """Nearly noise-free images of 1AKE: the best pose is a grid point within one fine step (7.5°)

@@ -308,9 +308,12 @@ def _significance_by_histogram(weights: torch.Tensor, fraction: float, total: to
     ordered = torch.topk(candidates, int(in_crossing.max()), dim=1, sorted=True).values
     within = (sum_above[:, None] + torch.cumsum(ordered.double(), dim=1) < goal[:, None]).sum(dim=1) + 1
     within = torch.minimum(within, in_crossing)
-    count = torch.minimum(above + within, nonzero)
     threshold = ordered.gather(1, (within - 1)[:, None]).squeeze(1)
-    return threshold, count
+    short = above + within > nonzero  # the sum reached only with the zeros (rounding, fraction → 1)
+    if bool(short.any()):
+        smallest = torch.where(weights > 0, weights, torch.full_like(weights, torch.inf)).min(dim=1).values
+        threshold = torch.where(short, smallest, threshold)
+    return threshold, torch.minimum(above + within, nonzero)
 
 
 @dataclass
@@ -521,10 +524,11 @@ def _fine_pass(batch, model, projectors, cand, st, sig_b, sig_t, sig_r, sig_prio
     n_t = len(st.translations_px)
     shift = sig_t[:, None] * nt + torch.arange(nt)[None]  # (S, nt)
     px = Pixels.of(batch, win, model, st.weighting)
-    pair, pair_of = torch.unique(sig_b * n_t + sig_t, return_inverse=True)  # distinct (image, coarse t)
+    # distinct (image, coarse t) pairs; the samples come sorted by image then t, so by pair
+    pair, pair_of = torch.unique(sig_b * n_t + sig_t, return_inverse=True)
     pb, pt = pair // n_t, pair % n_t
-    ph = shifts.phase.reshape(n_t, nt, -1)[pt]  # (P, nt, K)
-    a_pair = _real_cat(px.x[pb][:, None, :] * ph * (px.w * px.c_ref)[pb][:, None, :])  # (P, nt, 2K)
+    phase = shifts.phase.reshape(n_t, nt, -1)
+    wx = px.w * px.c_ref
     wc2 = (px.w * px.c_ref**2).to(torch.float32)
     n_s = len(sig_b)
     loglik = torch.empty((n_s, nt, n_child), dtype=torch.float64)
@@ -533,7 +537,9 @@ def _fine_pass(batch, model, projectors, cand, st, sig_b, sig_t, sig_r, sig_prio
     for s0 in range(0, n_s, chunk):
         sl = slice(s0, s0 + chunk)
         b = sig_b[sl]
-        cross = torch.bmm(a_pair[pair_of[sl]], proj.real[rows[sl]].transpose(1, 2)).double()  # (s, nt, nr)
+        p0, p1 = int(pair_of[sl][0]), int(pair_of[sl][-1]) + 1
+        a_pair = _real_cat(px.x[pb[p0:p1]][:, None, :] * phase[pt[p0:p1]] * wx[pb[p0:p1]][:, None, :])  # (P, nt, 2K)
+        cross = torch.bmm(a_pair[pair_of[sl] - p0], proj.real[rows[sl]].transpose(1, 2)).double()  # (s, nt, nr)
         term1 = torch.bmm(proj.abs2[rows[sl]], wc2[b][:, :, None]).double().transpose(1, 2)  # (s, 1, nr)
         loglik[sl] = st.weighting.log_likelihood(term1, cross, term2[b][:, None, None])
     log_w = loglik + sig_prior[:, None, None] if st.weighting.uses_priors else loglik
@@ -602,10 +608,32 @@ def _accumulate(batch: ImageBatch, model: Model, st: EStepSettings, fine: FineSa
     used, u_loc = torch.unique(u, return_inverse=True)
     pair, p_loc = torch.unique((b * n_sh + shift) * n_cls + cls, return_inverse=True)
     pb, psh, pc = pair // (n_sh * n_cls), pair // n_cls % n_sh, pair % n_cls
-    ph = shifts.phase[psh]
-    # back-projection: data_u += Σ γ C X⁰ shift(t)/σ², weight_u += Σ γ C²/σ²
-    z = _real_cat(px.c_image[pb] * px.x0[pb] * ph / px.sigma2[pb])  # (P, 2K)
-    data = torch.sparse.mm(_sparse(u_loc, p_loc, gamma, (len(used), len(pair))), z)
+    kk = len(win.k)
+    residuals = st.weighting.updates_noise or st.norm_residuals or st.scale_sums
+    proj = fine.proj[used]
+    # back-projection: data_u += Σ γ C X⁰ shift(t)/σ², weight_u += Σ γ C²/σ²; and the residual
+    # cross term Σγ Re(conj(shift(X))·sCP) per pair, a bounded number of pairs at a time
+    data = torch.zeros((len(used), 2 * kk))
+    s3_image = torch.zeros((n_b, kk), dtype=torch.float64)
+    product = torch.zeros(n_b, dtype=torch.float64)
+    strong = _scale_shells(model, win).to(torch.float64) if st.scale_sums else None
+    by_pair = torch.argsort(p_loc)
+    chunk = max(1, 2_000_000 // kk)
+    edges = torch.searchsorted(p_loc[by_pair], torch.arange(0, len(pair) + chunk, chunk)).tolist()
+    for c, (lo, hi) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
+        if lo == hi:
+            continue
+        m, c0 = by_pair[lo:hi], c * chunk
+        cb, ph = pb[c0 : c0 + chunk], shifts.phase[psh[c0 : c0 + chunk]]
+        n_c = len(cb)
+        z = _real_cat(px.c_image[cb] * px.x0[cb] * ph / px.sigma2[cb])  # (P_c, 2K)
+        data += torch.sparse.mm(_sparse(u_loc[m], p_loc[m] - c0, gamma[m], (len(used), n_c)), z)
+        if residuals:
+            q = torch.sparse.mm(_sparse(p_loc[m] - c0, u_loc[m], gamma[m], (n_c, len(used))), proj.real).double()
+            s3 = ((px.x[cb] * ph).conj() * torch.complex(q[:, :kk], q[:, kk:])).real * px.c_ref[cb]
+            s3_image.index_add_(0, cb, s3)
+            if strong is not None:
+                product.index_add_(0, cb, (s3 * strong[pc[c0 : c0 + chunk]]).sum(dim=1))
     weight = torch.sparse.mm(_sparse(u_loc, b, gamma, (len(used), n_b)), (px.c2 / px.sigma2).to(torch.float32))
     if grid is not None:
         grid.data.index_add_(0, used, data)
@@ -613,24 +641,17 @@ def _accumulate(batch: ImageBatch, model: Model, st: EStepSettings, fine: FineSa
     else:
         insert_rows(sums, data, weight, fine.matrices[used], fine.classes[used], win.k)
     g_img = torch.zeros(n_b, dtype=torch.float64).index_add_(0, b, gamma)
-    if st.weighting.updates_noise or st.norm_residuals or st.scale_sums:
-        proj = fine.proj[used]
-        kk = len(win.k)
-        # Σγ|sCP|² per (image, class) and Σγ Re(conj(shift(X))·sCP) per pair
+    if residuals:
+        # Σγ|sCP|² per (image, class)
         bc, bc_loc = torch.unique(b * n_cls + cls, return_inverse=True)
         bc_b, bc_c = bc // n_cls, bc % n_cls
-        g_bc = _sparse(bc_loc, u_loc, gamma, (len(bc), len(used)))
-        s1 = torch.sparse.mm(g_bc, proj.abs2).double() * px.c_ref[bc_b] ** 2
-        q = torch.sparse.mm(_sparse(p_loc, u_loc, gamma, (len(pair), len(used))), proj.real).double()
-        s3 = ((px.x[pb] * ph).conj() * torch.complex(q[:, :kk], q[:, kk:])).real * px.c_ref[pb]
+        s1 = torch.sparse.mm(_sparse(bc_loc, u_loc, gamma, (len(bc), len(used))), proj.abs2).double()
+        s1 = s1 * px.c_ref[bc_b] ** 2
         per_image = torch.zeros((n_b, kk), dtype=torch.float64).index_add_(0, bc_b, s1)
-        per_image.index_add_(0, pb, -2 * s3)
-        per_image += px.x.abs() ** 2 * g_img[:, None]
+        per_image += px.x.abs() ** 2 * g_img[:, None] - 2 * s3_image
         if st.weighting.updates_noise or st.norm_residuals:
             _add_residuals(sums, results, batch, win.shell, per_image, g_img, st.weighting.updates_noise)
-        if st.scale_sums:
-            strong = _scale_shells(model, win).to(torch.float64)
-            product = torch.zeros(n_b, dtype=torch.float64).index_add_(0, pb, (s3 * strong[pc]).sum(dim=1))
+        if strong is not None:
             power = torch.zeros(n_b, dtype=torch.float64).index_add_(0, bc_b, (s1 * strong[bc_c]).sum(dim=1))
             _add_scale_sums(sums, batch, px, product, power, g_img)
     t_px = shifts.t_px[shift]

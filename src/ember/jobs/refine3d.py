@@ -154,10 +154,19 @@ class Run:
 def refine3d(cfg: Refine3DConfig, progress=None) -> Path:
     """Run auto-refinement; returns the path of the final map."""
     ranks = Ranks.from_environment(select_device(cfg.device, cfg.threads))
-    out = Path(cfg.output)
-    run = resume(cfg) if cfg.continue_from else start(cfg)
-    run.ranks = ranks
-    if ranks.is_root:
+    try:
+        run = resume(cfg) if cfg.continue_from else start(cfg)
+        run.ranks = ranks
+        _loop(run, progress)
+    finally:
+        ranks.close()
+    return Path(cfg.output) / "run_class001.mrc"
+
+
+def _loop(run: Run, progress) -> None:
+    """Iterate until convergence, then the final iteration."""
+    cfg, out = run.cfg, Path(run.cfg.output)
+    if run.ranks.is_root:
         out.mkdir(parents=True, exist_ok=True)
         write_job_json(out, "refine3d", cfg)
     while True:
@@ -178,8 +187,6 @@ def refine3d(cfg: Refine3DConfig, progress=None) -> Path:
         if run.state.converged or run.state.iteration >= cfg.max_iterations:
             run.state.final = True
     run.dataset.close()
-    ranks.close()
-    return out / "run_class001.mrc"
 
 
 def start(cfg: Refine3DConfig) -> Run:
