@@ -97,30 +97,34 @@ class Optics:
 class ParticleDataSet:
     """STAR table + lazily opened stacks. Indices are 0-based rows of the particle table."""
 
-    def __init__(self, table: ParticleTable, star_path: str | Path) -> None:
+    def __init__(self, table: ParticleTable, star_path: str | Path, *, mixed_sizes: bool = False) -> None:
+        """`mixed_sizes`: accept optics groups with different pixel or box sizes (for jobs that handle
+        each group at its own size, as `ember reconstruct`); otherwise they are refused."""
         self.table = table
         self.star_path = Path(star_path)
+        self._mixed_sizes = mixed_sizes
         self._check_single_particle()
         self._check_corrections()
         self._check_columns()
         self.optics_groups, self._group_index = self._read_optics()
         self.optics = self.optics_groups[0]  # the first group, for callers that assume one
-        self.pixel_size = self.optics.pixel_size
+        self.pixel_size = self.optics.pixel_size  # the first group's: the model's with mixed sizes
         self.box = self.optics.box
+        self._group_pixel = np.array([o.pixel_size for o in self.optics_groups])[self._group_index]
         names = table.particles["rlnImageName"].astype(str).map(parse_image_name)
         self._slices = np.array([n[0] for n in names], dtype=np.int64)
         self._stack_of = [n[1] for n in names]
         self._whole_files = {name for name in table.particles["rlnImageName"].astype(str) if "@" not in name}
         self._stacks: dict[str, object] = {}
         self._header_notes: list[str] = []
-        self._header_pixels: list[tuple[Path, float]] = []
+        self._header_pixels: list[tuple[Path, float, float]] = []
         for stack in dict.fromkeys(self._stack_of):
             self._open(stack)
         self._warn_headers()
 
     @classmethod
-    def from_star(cls, path: str | Path) -> ParticleDataSet:
-        return cls(read_particles_star(path), path)
+    def from_star(cls, path: str | Path, *, mixed_sizes: bool = False) -> ParticleDataSet:
+        return cls(read_particles_star(path), path, mixed_sizes=mixed_sizes)
 
     def __len__(self) -> int:
         return len(self.table.particles)
@@ -132,6 +136,15 @@ class ParticleDataSet:
     @property
     def n_optics_groups(self) -> int:
         return len(self.optics_groups)
+
+    @property
+    def uniform_sizes(self) -> bool:
+        """Whether all optics groups share one pixel size and box."""
+        return len({(o.pixel_size, o.box) for o in self.optics_groups}) == 1
+
+    def pixel_sizes(self) -> np.ndarray:
+        """(n,) float64: each particle's optics-group pixel size (Å)."""
+        return self._group_pixel.copy()
 
     def optics_group_index(self) -> np.ndarray:
         """(n,) int64: each particle's 0-based index into `optics_groups`."""
@@ -209,18 +222,23 @@ class ParticleDataSet:
                 f"particles refer to optics group(s) {absent} missing from data_optics",
                 "add the groups to data_optics",
             )
-        pixels = rows["rlnImagePixelSize"].astype(float).round(5).unique()
-        boxes = rows["rlnImageSize"].astype(int).unique()
-        if len(pixels) > 1 or len(boxes) > 1:
+        pixels = rows["rlnImagePixelSize"].astype(float).round(5).to_numpy()
+        boxes = rows["rlnImageSize"].astype(int).to_numpy()
+        if not self._mixed_sizes and (len(set(pixels)) > 1 or len(set(boxes)) > 1):
+            listed = zip(rows["_n"], pixels, boxes, strict=True)
+            sizes = ", ".join(f"group {int(n)}: {p:g} Å, {b} px" for n, p, b in listed)
             raise EmberInputError(
                 self.star_path,
-                "optics groups with different pixel or box sizes",
-                "rescale the particles to one pixel size and box",
+                f"optics groups with different pixel or box sizes ({sizes}) are not yet supported in refine3d "
+                "(only ember reconstruct handles them)",
+                "rescale the particles to one pixel size and box (relion_image_handler --rescale_angpix "
+                "--new_box) or re-extract them at one pixel size",
             )
-        box = int(boxes[0])
-        if box % 2:
-            raise EmberInputError(self.star_path, f"box {box} is odd", "re-extract with an even box")
-        groups = [self._optics_row(row, float(pixels[0]), box) for _, row in rows.iterrows()]
+        for box in boxes:
+            if box % 2:
+                raise EmberInputError(self.star_path, f"box {box} is odd", "re-extract with an even box")
+        each = zip(rows.iterrows(), pixels, boxes, strict=True)
+        groups = [self._optics_row(row, float(p), int(b)) for (_, row), p, b in each]
         return groups, np.searchsorted(used, of_particle).astype(np.int64)
 
     def _optics_row(self, row, pixel_size: float, box: int) -> Optics:
@@ -278,18 +296,22 @@ class ParticleDataSet:
                 "not a single-particle image",
                 SINGLE_PARTICLE_ONLY,
             )
-        if (ny, nx) != (self.box, self.box):
-            mrc.close()
-            raise EmberInputError(
-                path,
-                f"images are {nx}×{ny} px but the optics group says {self.box}",
-                "fix rlnImageSize in data_optics or re-extract",
-            )
+        rows = np.array([s == stack for s in self._stack_of])
+        groups = [self.optics_groups[g] for g in np.unique(self._group_index[rows])]
+        for group in groups:
+            if (ny, nx) != (group.box, group.box):
+                mrc.close()
+                raise EmberInputError(
+                    path,
+                    f"images are {nx}×{ny} px but the optics group says {group.box} (rlnOpticsGroup {group.number})",
+                    "fix rlnImageSize in data_optics or re-extract",
+                )
         pixel = float(mrc.voxel_size.x)
-        if abs(pixel - self.pixel_size) > 1e-3 * self.pixel_size:  # RELION uses the STAR's: so do we, saying so
-            self._header_pixels.append((path, pixel))
+        star_pixel = groups[0].pixel_size
+        if abs(pixel - star_pixel) > 1e-3 * star_pixel:  # RELION uses the STAR's: so do we, saying so
+            self._header_pixels.append((path, pixel, star_pixel))
         n = 1 if len(shape) == 2 else shape[0]
-        used = self._slices[[s == stack for s in self._stack_of]]
+        used = self._slices[rows]
         if used.max() >= n or used.min() < 0:
             mrc.close()
             raise EmberInputError(
@@ -309,16 +331,21 @@ class ParticleDataSet:
         if self._header_notes:
             logger.warning("%s%s", self._header_notes[0], more(len(self._header_notes) - 1))
         if self._header_pixels:
-            path, pixel = self._header_pixels[0]
+            path, pixel, star_pixel = self._header_pixels[0]
             logger.warning(
                 "%s: header pixel size %.4f Å differs from the STAR's rlnImagePixelSize %.4f Å%s; "
                 "using the STAR's, as RELION does",
-                path, pixel, self.pixel_size, more(len(self._header_pixels) - 1),
+                path, pixel, star_pixel, more(len(self._header_pixels) - 1),
             )
 
     def images(self, indices: np.ndarray) -> np.ndarray:
-        """Read particles `indices` → (B, N, N) float32. Raises on NaN/inf pixels."""
-        out = np.empty((len(indices), self.box, self.box), dtype=np.float32)
+        """Read particles `indices` → (B, N, N) float32, N their optics groups' box (one box for all
+        `indices`). Raises on NaN/inf pixels."""
+        boxes = {self.optics_groups[g].box for g in self._group_index[np.asarray(indices, dtype=np.int64)]}
+        if len(boxes) > 1:
+            raise ValueError(f"particles of optics groups with different boxes {sorted(boxes)} read together")
+        box = boxes.pop() if boxes else self.box
+        out = np.empty((len(indices), box, box), dtype=np.float32)
         for b, i in enumerate(indices):
             data = self._stacks[self._stack_of[i]].data
             out[b] = data[self._slices[i]] if data.ndim == 3 else data
@@ -352,8 +379,9 @@ class ParticleDataSet:
         return np.stack([self.column(f"rlnAngle{a}") for a in ("Rot", "Tilt", "Psi")], axis=1)
 
     def offsets_px(self) -> np.ndarray:
-        """(n, 2) rlnOriginX/YAngst converted to pixels."""
-        return np.stack([self.column(f"rlnOrigin{a}Angst", 0.0) for a in ("X", "Y")], axis=1) / self.pixel_size
+        """(n, 2) rlnOriginX/YAngst converted to pixels of each particle's optics group."""
+        angst = np.stack([self.column(f"rlnOrigin{a}Angst", 0.0) for a in ("X", "Y")], axis=1)
+        return angst / self._group_pixel[:, None]
 
     def prior_angles_deg(self) -> np.ndarray | None:
         """(n, 3) rlnAngle{Rot,Tilt,Psi}Prior in degrees; NaN where unset (absent column or 999).
@@ -361,10 +389,10 @@ class ParticleDataSet:
         return self._priors(ANGLE_PRIORS)
 
     def prior_offsets_px(self) -> np.ndarray | None:
-        """(n, 2) rlnOrigin{X,Y}PriorAngst in pixels; NaN where unset (absent column or 999 Å).
-        None if the STAR has neither column."""
+        """(n, 2) rlnOrigin{X,Y}PriorAngst in pixels of each particle's optics group; NaN where unset
+        (absent column or 999 Å). None if the STAR has neither column."""
         priors = self._priors(OFFSET_PRIORS)
-        return None if priors is None else priors / self.pixel_size
+        return None if priors is None else priors / self._group_pixel[:, None]
 
     def _priors(self, names: tuple[str, ...]) -> np.ndarray | None:
         if not any(n in self.table.particles for n in names):

@@ -6,8 +6,14 @@ With `--wiener` the two random halves (rlnRandomSubset) are reconstructed separa
 gives τ² = SSNR·σ²_ref (as in auto-refine), and the final map of all particles is the 3D Wiener
 filter with the full-set SSNR from √(2·FSC/(1+FSC)).
 
-Each particle's CTF uses its optics group's voltage, Cs and amplitude contrast; particles of groups
-with rlnCtfDataAreCtfPremultiplied = 1 are inserted as stored (data += X, weight += C²).
+Each particle's CTF uses its optics group's voltage, Cs, amplitude contrast and pixel size; particles
+of groups with rlnCtfDataAreCtfPremultiplied = 1 are inserted as stored (data += X, weight += C²).
+
+Optics groups may differ in pixel size and box (as in RELION 3.1): the map is made at the first
+optics group's pixel size and box (RELION's relion_reconstruct without --angpix), and each group's
+image frequency k (cycles per its box) is inserted at k·(N·a)/(N_g·a_g) on the model grid
+(RELION `ObservationModel::applyScaleDifference`); offsets in Å are converted with the group's pixel
+size. Image frequencies beyond the model's Nyquist (or --maxres) are dropped.
 """
 
 from __future__ import annotations
@@ -23,7 +29,14 @@ from ember.errors import EmberInputError
 from ember.io.mrc import write_map
 from ember.io.particles import ParticleDataSet
 from ember.jobs.common import Progress, batches, select_device
-from ember.maths.fourier import fft2_centered, shell_of_resolution, shift_phases_2d
+from ember.maths.fourier import (
+    fft2_centered,
+    hermitian_unique_mask_2d,
+    rfft_frequencies_2d,
+    shell_index,
+    shell_of_resolution,
+    shift_phases_2d,
+)
 from ember.maths.fsc import fsc
 from ember.maths.rotations import euler_to_matrix
 from ember.maths.symmetry import symmetry_operators
@@ -80,34 +93,56 @@ def backproject(
     done_before: int = 0,
     total: int | None = None,
 ) -> None:
-    """Insert particles `indices` at their STAR poses: data += C·shift(X, +t), weight += C²."""
+    """Insert particles `indices` at their STAR poses: data += C·shift(X, +t), weight += C²,
+    each optics group at its own pixel size and box onto the model grid (dataset.box, dataset.pixel_size)."""
     device = reconstructor.device
     angles = dataset.angles_deg()
-    offsets = dataset.offsets_px()
+    offsets = dataset.offsets_px()  # in each group's pixels
     use_ctf = ctf and dataset.has_ctf
     premultiplied = torch.from_numpy(dataset.ctf_premultiplied()).to(device)
+    group_of = dataset.optics_group_index()[indices]
     total = len(indices) if total is None else total
-    for start, stop in batches(len(indices), batch_size):
-        idx = indices[start:stop]
-        images = torch.from_numpy(dataset.images(idx)).to(device)
-        spectra = fft2_centered(images)  # (B, N, N//2+1)
-        t = torch.from_numpy(offsets[idx]).to(device)
-        spectra = spectra * shift_phases_2d(dataset.box, t).to(spectra.dtype)
-        rot = euler_to_matrix(torch.from_numpy(angles[idx])).to(device)
-        if use_ctf:
-            c = particle_ctfs(dataset, idx, device=device)  # each particle with its optics group's constants
-            data = torch.where(premultiplied[idx][:, None, None], spectra, spectra * c)
-            reconstructor.insert(data, c * c, rot)
-        else:
-            reconstructor.insert(spectra, torch.ones_like(spectra.real), rot)
-        if progress:
-            progress(done_before + stop, total)
+    done = done_before
+    for g in np.unique(group_of):
+        optics = dataset.optics_groups[g]
+        group_indices = indices[group_of == g]
+        scale = (dataset.box * dataset.pixel_size) / (optics.box * optics.pixel_size)
+        for start, stop in batches(len(group_indices), batch_size):
+            idx = group_indices[start:stop]
+            images = torch.from_numpy(dataset.images(idx)).to(device)
+            spectra = fft2_centered(images)  # (B, N_g, N_g//2+1)
+            t = torch.from_numpy(offsets[idx]).to(device)
+            spectra = spectra * shift_phases_2d(optics.box, t).to(spectra.dtype)
+            rot = euler_to_matrix(torch.from_numpy(angles[idx])).to(device)
+            if use_ctf:
+                c = particle_ctfs(dataset, idx, device=device)  # with the group's optics and pixel size
+                data, weight = torch.where(premultiplied[idx][:, None, None], spectra, spectra * c), c * c
+            else:
+                data, weight = spectra, torch.ones_like(spectra.real)
+            insert_scaled(reconstructor, data, weight, rot, scale)
+            done += len(idx)
+            if progress:
+                progress(done, total)
+
+
+def insert_scaled(
+    rec: Reconstructor, data: torch.Tensor, weight: torch.Tensor, rot: torch.Tensor, scale: float
+) -> None:
+    """Back-project (B, n, n//2+1) image spectra whose frequency k (cycles per image box) lies at
+    k·scale on the model grid; frequencies beyond the model's r_max are dropped."""
+    n = data.shape[-2]
+    if n == rec.box and scale == 1.0:
+        rec.insert(data, weight, rot)
+        return
+    k = rfft_frequencies_2d(n, device=rec.device).to(torch.float64) * scale
+    keep = (shell_index(k) <= rec.r_max) & hermitian_unique_mask_2d(n, device=rec.device)
+    rec.insert_frequencies(data[:, keep], weight[:, keep], rot, k[keep].to(torch.float32))
 
 
 def reconstruct(cfg: ReconstructConfig, progress: Progress | None = None) -> np.ndarray:
     """Run the job; writes cfg.output (MRC) atomically and returns the map (N, N, N)."""
     device = select_device(cfg.device, cfg.threads)
-    dataset = ParticleDataSet.from_star(cfg.star)
+    dataset = ParticleDataSet.from_star(cfg.star, mixed_sizes=True)
     try:
         ops = symmetry_operators(cfg.symmetry)
         box, pixel = dataset.box, dataset.pixel_size

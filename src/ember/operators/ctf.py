@@ -103,24 +103,39 @@ def particle_optics(dataset, indices) -> CtfOptics:
 
 def particle_ctfs(dataset, indices, *, device=None, dtype=torch.float32) -> torch.Tensor:
     """CTFs (B, N, N//2+1) of particles `indices` of a `ParticleDataSet` (RELION columns), each
-    with its own optics group's voltage, Cs and amplitude contrast."""
+    with its own optics group's voltage, Cs, amplitude contrast and pixel size (N: their groups' box,
+    one for all `indices`)."""
     if not dataset.has_ctf:
         raise EmberInputError(dataset.star_path, "the particles have no rlnDefocusU/V columns", "add CTF parameters")
-    optics = particle_optics(dataset, np.asarray(indices))
+    indices = np.asarray(indices, dtype=np.int64)
+    optics = particle_optics(dataset, indices)
+    group = dataset.optics_group_index()[indices]
+    boxes = {dataset.optics_groups[g].box for g in group.tolist()}
+    if len(boxes) > 1:
+        raise ValueError(f"CTFs of optics groups with different boxes {sorted(boxes)} asked together")
+    box = boxes.pop() if boxes else dataset.box
 
     def col(name: str, default: float) -> torch.Tensor:
         return torch.as_tensor(dataset.column(name, default)[indices], dtype=torch.float64)
 
-    return ctf_2d(
-        dataset.box,
-        dataset.pixel_size,
-        optics=optics,
-        device=device,
-        dtype=dtype,
-        defocus_u_angstrom=col("rlnDefocusU", 0.0),
-        defocus_v_angstrom=col("rlnDefocusV", 0.0),
-        defocus_angle_deg=col("rlnDefocusAngle", 0.0),
-        bfactor_a2=col("rlnCtfBfactor", 0.0),
-        phase_shift_deg=col("rlnPhaseShift", 0.0),
-        scale=col("rlnCtfScalefactor", 1.0),
-    )
+    params = {
+        "defocus_u_angstrom": col("rlnDefocusU", 0.0),
+        "defocus_v_angstrom": col("rlnDefocusV", 0.0),
+        "defocus_angle_deg": col("rlnDefocusAngle", 0.0),
+        "bfactor_a2": col("rlnCtfBfactor", 0.0),
+        "phase_shift_deg": col("rlnPhaseShift", 0.0),
+        "scale": col("rlnCtfScalefactor", 1.0),
+    }
+    out = torch.empty((len(indices), box, box // 2 + 1), dtype=dtype, device=device)
+    for g in np.unique(group):  # one pixel size per call of ctf_2d
+        rows = torch.as_tensor(np.flatnonzero(group == g))
+        constants = (optics.voltage_kv[rows], optics.cs_mm[rows], optics.amplitude_contrast[rows])
+        out[rows.to(out.device)] = ctf_2d(
+            box,
+            dataset.optics_groups[g].pixel_size,
+            optics=CtfOptics(*constants),
+            device=device,
+            dtype=dtype,
+            **{k: v[rows] for k, v in params.items()},
+        )
+    return out
