@@ -476,11 +476,6 @@ class Projections:
     def __getitem__(self, rows: torch.Tensor) -> Projections:
         return Projections(self.real[rows], self.abs2[rows])
 
-    def complex(self) -> torch.Tensor:
-        """(R, K) complex128."""
-        k = self.abs2.shape[1]
-        return torch.complex(self.real[:, :k].double(), self.real[:, k:].double())
-
 
 @dataclass
 class FineSamples:
