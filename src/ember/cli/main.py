@@ -301,6 +301,32 @@ def refine3d(
 
 @app.command()
 @handles_errors
+def select(
+    star: Annotated[Path, typer.Option("--i", help="Particle STAR file, e.g. a classification's or refinement's run_data.star.")],
+    output: Annotated[Path, typer.Option("--o", help="Output particle STAR file (RELION 3.1, optics table kept).")],
+    classes: Annotated[Optional[str], typer.Option("--class", help="Keep these rlnClassNumber values, comma-separated (e.g. 1,3).")] = None,
+    min_pmax: Annotated[Optional[float], typer.Option("--min_pmax", help="Keep rlnMaxValueProbDistribution ≥ this.")] = None,
+    max_pmax: Annotated[Optional[float], typer.Option("--max_pmax", help="Keep rlnMaxValueProbDistribution ≤ this.")] = None,
+    min_loglik: Annotated[Optional[float], typer.Option("--min_loglik", help="Keep rlnLogLikeliContribution ≥ this.")] = None,
+    max_loglik: Annotated[Optional[float], typer.Option("--max_loglik", help="Keep rlnLogLikeliContribution ≤ this.")] = None,
+) -> None:
+    """Keep the particles that pass every given filter (at least one); all columns are kept.
+
+    Example: ember select --i Class3D/run_it025_data.star --class 1,3 --min_pmax 0.2 --o selected.star
+    """
+    from ember.jobs.select import parse_classes, select_particles
+
+    result = select_particles(
+        star, output, classes=parse_classes(classes) if classes is not None else None, min_pmax=min_pmax,
+        max_pmax=max_pmax, min_loglik=min_loglik, max_loglik=max_loglik,
+    )
+    for number, (kept, in_class) in result.per_class.items():
+        typer.echo(f"class {number}: kept {kept:,} of {in_class:,}")
+    typer.echo(f"kept {result.kept:,} of {result.total:,} particles → {result.output}")
+
+
+@app.command()
+@handles_errors
 def demo(
     output: Annotated[Path, typer.Option("--o", help="Output folder.")] = Path("ember_demo"),
     n: Annotated[int, typer.Option("--n", help="Number of particles.")] = 3000,
