@@ -4,7 +4,10 @@ import mrcfile
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from ember.cli.main import app
+from ember.io.atomic_model import model_centroid, model_density, read_model
 from ember.io.mrc import read_map, write_map
 from ember.io.particles import ParticleDataSet
 from ember.io.star import read_particles_star
@@ -68,6 +71,7 @@ def test_truth_map_and_star_reproduce_the_images(tmp_path):
     images = ds.images(np.arange(8)).astype(np.float64)
     assert pixel == pytest.approx(2.0)
     assert np.abs(predicted - images).max() < 1e-3 * np.abs(images).max()
+    assert "rlnClassNumber" not in read_particles_star(star).particles  # one state: no class column
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [
         "job.json",
         "particles.mrcs",
@@ -88,3 +92,117 @@ def test_model_density_is_centred(tmp_path):
         dims = [d for d in range(3) if d != axis]
         centroid = (mass.sum(dims) * c).sum() / mass.sum()
         assert abs(float(centroid)) < 1.0
+
+
+STRUCTURES = Path(__file__).parents[2].parent / "shared" / "data" / "structures"
+BLOBS_1 = ((3.0, -1.0, 5.0, 8.0, 1.0), (-4.0, 4.0, 0.0, 5.0, 0.5))
+BLOBS_2 = ((3.0, -1.0, 5.0, 8.0, 1.0), (2.0, 6.0, -5.0, 5.0, 0.8))  # state 2: a domain moved
+
+
+def two_state_maps(tmp_path: Path, n=32) -> tuple[Path, Path]:
+    for name, blobs in (("s1.mrc", BLOBS_1), ("s2.mrc", BLOBS_2)):
+        write_map(tmp_path / name, blob_volume(n, blobs=blobs).numpy(), 2.0)
+    return tmp_path / "s1.mrc", tmp_path / "s2.mrc"
+
+
+def predicted_images(ds: ParticleDataSet, truth: Path, idx: np.ndarray) -> np.ndarray:
+    """Noise-free images of particles `idx` from map `truth` at the STAR's angles, offsets and CTF."""
+    vol, _ = read_map(truth)
+    n = vol.shape[0]
+    rotations = euler_to_matrix(torch.from_numpy(ds.angles_deg()[idx]))
+    spectra = Projector.from_volume(torch.from_numpy(vol).double()).project(rotations).to(torch.complex128)
+    spectra = spectra * particle_ctfs(ds, idx, dtype=torch.float64)
+    spectra = spectra * shift_phases_2d(n, -torch.from_numpy(ds.offsets_px()[idx]))
+    return ifft2_centered(spectra, n).numpy()
+
+
+def test_mixture_class_counts_follow_the_fractions(tmp_path):
+    """--map twice with 0.8/0.2: round(0.8·n) particles of state 1 in a seeded random order, the
+    true state as rlnClassNumber, one truth map per state and truth.mrc = state 1."""
+    maps = two_state_maps(tmp_path)
+    cfg = SimulateConfig(output=tmp_path / "s", n_particles=45, map_path=maps, fractions=(0.8, 0.2), seed=2)
+    t = read_particles_star(simulate(cfg)).particles
+    classes = t["rlnClassNumber"].to_numpy()
+    assert (classes == 1).sum() == 36 and (classes == 2).sum() == 9
+    assert np.any(np.diff(classes) < 0)  # shuffled, not state 1 then state 2
+    again = read_particles_star(simulate(SimulateConfig(**{**cfg.__dict__, "output": tmp_path / "t"}))).particles
+    np.testing.assert_array_equal(again["rlnClassNumber"], classes)
+    files = sorted(p.name for p in (tmp_path / "s").iterdir())
+    assert files == ["job.json", "particles.mrcs", "particles.star", "truth.mrc", "truth_class001.mrc",
+                     "truth_class002.mrc"]
+    np.testing.assert_array_equal(read_map(tmp_path / "s" / "truth.mrc")[0],
+                                  read_map(tmp_path / "s" / "truth_class001.mrc")[0])
+
+
+def test_each_state_is_projected_from_its_own_map(tmp_path):
+    """Noise-free: every particle's image is its own state's truth_classNNN.mrc at its true pose
+    (and the other state's map does not reproduce it), so the class maps are on the images' scale."""
+    maps = two_state_maps(tmp_path)
+    star = simulate(SimulateConfig(output=tmp_path / "s", n_particles=24, map_path=maps, seed=3))
+    ds = ParticleDataSet.from_star(star)
+    classes = read_particles_star(star).particles["rlnClassNumber"].to_numpy()
+    assert sorted(np.bincount(classes)[1:]) == [12, 12]
+    for k, other in ((1, 2), (2, 1)):
+        idx = np.flatnonzero(classes == k)
+        images = ds.images(idx).astype(np.float64)
+        own = predicted_images(ds, tmp_path / "s" / f"truth_class{k:03d}.mrc", idx)
+        wrong = predicted_images(ds, tmp_path / "s" / f"truth_class{other:03d}.mrc", idx)
+        assert np.abs(own - images).max() < 1e-3 * np.abs(images).max()
+        assert np.abs(wrong - images).max() > 0.1 * np.abs(images).max()
+
+
+def test_model_states_share_the_first_states_frame(tmp_path):
+    """--states "A,B,C,D;A,B,C" of β-galactosidase: both maps are in the frame of the tetramer's
+    centroid, so tetramer − trimer is the density of chain D alone in that frame (density is additive
+    over atoms), on the images' scale."""
+    model = STRUCTURES / "5a1a.cif.gz"
+    if not model.exists():
+        pytest.skip("shared/data/structures not beside the repository")
+    res = CliRunner().invoke(app, ["simulate", "--model", str(model), "--states", "A,B,C,D;A,B,C", "--box", "32",
+                                   "--angpix", "7", "--n", "4", "--o", str(tmp_path / "s"), "-q"])
+    assert res.exit_code == 0, res.output
+    full, pixel = read_map(tmp_path / "s" / "truth_class001.mrc")
+    trimer, _ = read_map(tmp_path / "s" / "truth_class002.mrc")
+    tetramer = read_model(model, ["A", "B", "C", "D"])
+    centre = model_centroid(tetramer)
+    ref = model_density(tetramer, box=32, pixel_size=pixel, centre_angstrom=centre).astype(np.float64)
+    scale = float((full * ref).sum() / (ref * ref).sum())
+    np.testing.assert_allclose(full, scale * ref, atol=1e-5 * np.abs(full).max())
+    chain_d = scale * model_density(read_model(model, ["D"]), box=32, pixel_size=pixel, centre_angstrom=centre)
+    assert np.abs((full - trimer) - chain_d).max() < 1e-4 * np.abs(full).max()
+    assert np.abs(chain_d).sum() > 0.2 * np.abs(full).sum()  # one subunit of four: the check has teeth
+
+
+def run_cli(args: list[str]):
+    res = CliRunner().invoke(app, ["simulate", *args, "-q"])
+    lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
+    return res.exit_code, lines
+
+
+@pytest.mark.parametrize(
+    ("fractions", "match"),
+    [("0.7,0.2", "sum to 1"), ("0.5,0.3,0.2", "3 values for 2 states"), ("1.2,-0.2", "≥ 0"), ("a,b", "numbers")],
+)
+def test_bad_fractions_fail_in_one_line(tmp_path, fractions, match):
+    m1, m2 = two_state_maps(tmp_path)
+    code, lines = run_cli(["--map", str(m1), "--map", str(m2), "--fractions", fractions, "--n", "10",
+                           "--o", str(tmp_path / "s")])
+    assert code == 2 and len(lines) == 1 and "ember: error:" in lines[0] and match in lines[0], lines
+    assert not (tmp_path / "s").exists()
+
+
+def test_maps_of_different_boxes_fail_naming_the_file(tmp_path):
+    m1, _ = two_state_maps(tmp_path)
+    write_map(tmp_path / "small.mrc", blob_volume(16).numpy(), 2.0)
+    code, lines = run_cli(["--map", str(m1), "--map", str(tmp_path / "small.mrc"), "--n", "10",
+                           "--o", str(tmp_path / "s")])
+    assert code == 2 and len(lines) == 1 and "small.mrc" in lines[0] and "16 px" in lines[0], lines
+    assert not (tmp_path / "s").exists()
+
+
+def test_unknown_chain_in_states_fails_naming_it(tmp_path):
+    model = Path(__file__).parents[2] / "src" / "ember" / "data" / "1ake.cif"
+    code, lines = run_cli(["--model", str(model), "--states", "A;E", "--box", "32", "--angpix", "2.5", "--n", "4",
+                           "--o", str(tmp_path / "s")])
+    assert code == 2 and len(lines) == 1 and "state 2 (E): no chain E" in lines[0], lines
+    assert not (tmp_path / "s").exists()

@@ -105,13 +105,29 @@ def simulate(
     output: Annotated[Path, typer.Option("--o", help="Output folder.")],
     n: Annotated[int, typer.Option("--n", help="Number of particles.")],
     map_path: Annotated[
-        Optional[Path], typer.Option("--map", help="Ground-truth MRC map (pixel size from its header).")
+        Optional[list[Path]],
+        typer.Option(
+            "--map",
+            help="Ground-truth MRC map (pixel size from its header). Repeat for a mixture of states "
+            "(maps of one box and pixel size; state k = the k-th --map).",
+        ),
     ] = None,
     model: Annotated[
         Optional[Path], typer.Option("--model", help="Atomic model (PDB/mmCIF, .gz ok) → density with gemmi.")
     ] = None,
     chains: Annotated[
         Optional[str], typer.Option(help="Comma-separated chains of --model to keep (default: assembly 1).")
+    ] = None,
+    states: Annotated[
+        Optional[str],
+        typer.Option(
+            help='Mixture of states of --model: chain sets separated by ";", e.g. "A,B,C,D;A,B,C". All '
+            "maps in the frame of the first state's centroid."
+        ),
+    ] = None,
+    fractions: Annotated[
+        Optional[str],
+        typer.Option(help="Share of particles per state, comma-separated, summing to 1 (default: equal), e.g. 0.8,0.2."),
     ] = None,
     box: Annotated[Optional[int], typer.Option(help="Box size in pixels (even; needed with --model).")] = None,
     angpix: Annotated[Optional[float], typer.Option(help="Pixel size in Å (needed with --model).")] = None,
@@ -141,19 +157,35 @@ def simulate(
     """Simulate particles: X = shift(CTF · projection, −offset) + white noise.
 
     Writes particles.mrcs, a RELION 3.1 particles.star holding the true angles, offsets and CTF,
-    truth.mrc (on the images' scale) and job.json.
+    truth.mrc (on the images' scale) and job.json. With several states (--map repeated, or --states)
+    also truth_class001.mrc, … and the true state as rlnClassNumber; the SNR is the first state's.
 
     Example: ember simulate --model 6msm.pdb.gz --box 128 --angpix 1.5 --n 5000 --snr 0.05 --o sim/
+
+    Example: ember simulate --model 5a1a.cif.gz --states "A,B,C,D;A,B,C" --fractions 0.8,0.2 --box 128 --angpix 2
+    --n 5000 --snr 0.05 --o sim/
     """
     from ember.jobs.simulate import SimulateConfig
     from ember.jobs.simulate import simulate as run
 
+    share: tuple[float, ...] | None = None
+    if fractions is not None:
+        try:
+            share = tuple(float(x) for x in fractions.split(","))
+        except ValueError:
+            raise EmberInputError(
+                None, f"--fractions must be numbers separated by commas (got '{fractions}')", "e.g. --fractions 0.8,0.2"
+            ) from None
     cfg = SimulateConfig(
         output=output,
         n_particles=n,
-        map_path=map_path,
+        map_path=tuple(map_path) if map_path else None,
         model_path=model,
         chains=tuple(chains.split(",")) if chains else None,
+        states=tuple(tuple(c.strip() for c in part.split(",") if c.strip()) for part in states.split(";"))
+        if states is not None
+        else None,
+        fractions=share,
         box=box,
         pixel_size=angpix,
         snr=snr,

@@ -30,6 +30,12 @@ def read_model(path: str | Path, chains: list[str] | None = None) -> gemmi.Struc
     while len(st) > 1:
         del st[1]
     if chains is not None:
+        present = [ch.name for ch in st[0]]
+        missing = [c for c in chains if c not in present]
+        if missing:
+            raise EmberInputError(
+                path, f"no chain {', '.join(missing)} in the model (chains: {', '.join(present)})", "check the names"
+            )
         for name in [ch.name for ch in st[0] if ch.name not in chains]:
             st[0].remove_chain(name)
     if st[0].count_atom_sites() == 0:
@@ -37,16 +43,38 @@ def read_model(path: str | Path, chains: list[str] | None = None) -> gemmi.Struc
     return st
 
 
-def model_density(st: gemmi.Structure, *, box: int, pixel_size: float, bfactor_floor: float = 20.0) -> np.ndarray:
-    """Electron-scattering density of a structure, centroid at voxel N/2.
+def atom_positions(st: gemmi.Structure) -> np.ndarray:
+    """(M, 3) float64 Cartesian positions (x, y, z) in Å of every atom of the first model."""
+    return np.array([a.pos.tolist() for ch in st[0] for r in ch for a in r])
+
+
+def model_centroid(st: gemmi.Structure) -> tuple[float, float, float]:
+    """Unweighted mean (x, y, z) in Å of the atoms of the first model."""
+    return tuple(float(v) for v in atom_positions(st).mean(axis=0))
+
+
+def model_density(
+    st: gemmi.Structure,
+    *,
+    box: int,
+    pixel_size: float,
+    bfactor_floor: float = 20.0,
+    centre_angstrom: tuple[float, float, float] | None = None,
+) -> np.ndarray:
+    """Electron-scattering density of a structure, centroid (or `centre_angstrom`) at voxel N/2.
 
     box : N (pixels, even); pixel_size : Å/px; bfactor_floor : Å², raises every atomic B to at
-    least this (files such as 4AKE carry B = 0, which would give a delta-like map).
+    least this (files such as 4AKE carry B = 0, which would give a delta-like map);
+    centre_angstrom : (x, y, z) Å model point put at voxel N/2 instead of the model's own centroid,
+    so that a structure and a subset of its chains come out in one frame (density is additive over
+    atoms: the map of the whole is the sum of the maps of its parts).
     returns : (N, N, N) float32, axes (z, y, x)
     """
     st = st.clone()
-    pos = np.array([a.pos.tolist() for ch in st[0] for r in ch for a in r])
-    centroid = pos.mean(axis=0)
+    pos = atom_positions(st)
+    centroid = pos.mean(axis=0) if centre_angstrom is None else np.asarray(centre_angstrom, dtype=np.float64)
+    if centroid.shape != (3,):
+        raise EmberInputError(None, f"centre must be 3 numbers (x, y, z) in Å (got {centre_angstrom})", "")
     rmax = float(np.linalg.norm(pos - centroid, axis=1).max())
     if rmax + 5 > box * pixel_size / 2:
         raise EmberInputError(
