@@ -359,6 +359,55 @@ def select(
 
 @app.command()
 @handles_errors
+def class3d(
+    star: Annotated[Path, typer.Option("--i", help="Particle STAR file (RELION 3.0 or 3.1+).")],
+    reference: Annotated[Path, typer.Option("--ref", help="Starting reference map (.mrc): every class starts from it, low-passed to --ini_high.")],
+    output: Annotated[Path, typer.Option("--o", help="Output folder (RELION job layout: run_itNNN_*).")],
+    n_classes: Annotated[int, typer.Option("--K", "--k", help="Number of classes.")],
+    particle_diameter: Annotated[float, typer.Option("--particle_diameter", help="Particle diameter in Å (soft circular mask and solvent mask).")],
+    sym: Annotated[str, typer.Option("--sym", help="Point group: C1, Cn, Dn, T, O, I.")] = "C1",
+    ini_high: Annotated[float, typer.Option("--ini_high", help="Low-pass the reference to this resolution (Å) first.")] = 60.0,
+    iterations: Annotated[int, typer.Option("--iter", help="Number of iterations.")] = 25,
+    healpix_order: Annotated[int, typer.Option("--healpix_order", help="HEALPix order (2 = 15° coarse, 7.5° after oversampling), fixed.")] = 2,
+    oversampling: Annotated[int, typer.Option("--oversampling", help="Adaptive oversampling order (0 = one pass).")] = 1,
+    offset_range: Annotated[float, typer.Option("--offset_range", help="Translation search range in pixels.")] = 5.0,
+    offset_step: Annotated[float, typer.Option("--offset_step", help="Coarse translation step in pixels.")] = 2.0,
+    tau2_fudge: Annotated[float, typer.Option("--tau2_fudge", help="Regularisation parameter T (RELION's Class3D: 4).")] = 4.0,
+    sigma_ang: Annotated[Optional[float], typer.Option("--sigma_ang", help="Local searches: σ (degrees) of the Gaussian prior around each particle's input angles.")] = None,
+    skip_align: Annotated[bool, typer.Option("--skip_align", help="No alignment: classify with the input angles and offsets.")] = False,
+    maxsig: Annotated[Optional[int], typer.Option("--maxsig", help="At most this many significant coarse samples per image.")] = None,
+    no_ctf: Annotated[bool, typer.Option("--no-ctf", help="Ignore the CTF columns.")] = False,
+    continue_from: Annotated[Optional[Path], typer.Option("--continue", help="Resume from a run_itNNN_state.json.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Particles per E-step batch (memory).")] = 64,
+    seed: Seed = 0,
+    device: Device = "cpu",
+    threads: Threads = None,
+    quiet: Quiet = False,
+) -> None:
+    """3D classification into K classes, marginalising over class, orientation and translation.
+
+    Writes run_itNNN_classNNN.mrc, run_itNNN_data.star (rlnClassNumber), run_itNNN_model.star
+    (rlnClassDistribution, per-class resolution) every iteration, class_sizes.png and classes.png.
+
+    Example: ember class3d --i particles.star --ref consensus.mrc --K 4 --particle_diameter 160 --ini_high 40 --o class3d/
+    """
+    from ember.jobs.class3d import Class3DConfig
+    from ember.jobs.class3d import class3d as run
+
+    cfg = Class3DConfig(
+        star=star, reference=reference, output=output, n_classes=n_classes, particle_diameter_angstrom=particle_diameter,
+        symmetry=sym, ini_high_angstrom=ini_high, iterations=iterations, healpix_order=healpix_order,
+        oversampling=oversampling, offset_range_px=offset_range, offset_step_px=offset_step, tau2_fudge=tau2_fudge,
+        sigma_ang_deg=sigma_ang, skip_align=skip_align, maxsig=maxsig, ctf=not no_ctf, batch_size=batch_size,
+        device=device, threads=threads, seed=seed, continue_from=continue_from,
+    )
+    with progress_bar("class3d", quiet) as bar:
+        model_star = run(cfg, bar)
+    console.print(f"wrote {model_star}")
+
+
+@app.command()
+@handles_errors
 def demo(
     output: Annotated[Path, typer.Option("--o", help="Output folder.")] = Path("ember_demo"),
     n: Annotated[int, typer.Option("--n", help="Number of particles.")] = 3000,

@@ -21,12 +21,12 @@ from ember.inference.estep import (
 from ember.inference.images import prepare_batch
 from ember.inference.local_search import local_candidates
 from ember.inference.model import Model, ParticleResults, SamplingState, Sums
-from ember.inference.sampling import coarse_orientations, perturbation_matrix
+from ember.inference.sampling import OrientationGrid, coarse_orientations, perturbation_matrix
 from ember.io.particles import ParticleDataSet
 from ember.maths.rotations import angular_distance_deg, euler_to_matrix
 from ember.operators.projector import Projector
 
-__all__ = ["global_candidates", "local_candidates", "run_expectation", "angular_changes"]
+__all__ = ["global_candidates", "local_candidates", "pose_candidates", "run_expectation", "angular_changes"]
 
 
 def _log(p: np.ndarray) -> np.ndarray:
@@ -43,6 +43,16 @@ def global_candidates(sampling: SamplingState, model: Model, rho: float) -> Cand
     log_pdf = torch.from_numpy(_log(model.pdf_direction[:, grid.direction]).reshape(-1))
     cand.log_prior = cand.log_prior + log_pdf
     return cand
+
+
+def pose_candidates(angles_deg: np.ndarray) -> Candidates:
+    """One orientation per image, its given pose (B, 3) degrees (`--skip_align`: only the class
+    is a hidden variable); prior 0, direction index 0."""
+    n = len(angles_deg)
+    table = OrientationGrid(np.asarray(angles_deg, dtype=np.float64), np.zeros(n, dtype=np.int64),
+                            np.zeros(n, dtype=np.int64), 0, 1)
+    per_image = torch.arange(n)[:, None]
+    return Candidates(table, table.matrices(), torch.zeros((n, 1), dtype=torch.float64), per_image)
 
 
 def run_expectation(
@@ -63,6 +73,7 @@ def run_expectation(
     batch_size: int = 64,
     use_ctf: bool = True,
     progress: Callable[[int], None] | None = None,
+    fixed_poses: bool = False,
 ) -> None:
     """E-step of one model over particles `indices` (rows of the data set).
 
@@ -73,7 +84,7 @@ def run_expectation(
     with STAGES("coarse projections"):
         projectors = [Projector.from_volume(ref, r_max=r_max) for ref in model.references]
     shared, grid = None, None
-    if sampling.sigma_ang_deg is None:
+    if sampling.sigma_ang_deg is None and not fixed_poses:
         shared = global_candidates(sampling, model, model.rho)
         with STAGES("coarse projections"):
             proj_c = Projections.of(project_rows(projectors, shared.matrices, shared.classes,
@@ -89,7 +100,9 @@ def run_expectation(
                                   offset_priors_px=None if offset_priors_px is None else offset_priors_px[idx],
                                   image_scale=None if image_scales is None else image_scales[idx])
         if shared is None:
-            cand = local_candidates(sampling, prior_angles_deg[idx], symmetry, model.rho).with_classes(log_pi)
+            cand = pose_candidates(prior_angles_deg[idx]) if fixed_poses else \
+                local_candidates(sampling, prior_angles_deg[idx], symmetry, model.rho)
+            cand = cand.with_classes(log_pi)
             with STAGES("coarse projections"):
                 proj = Projections.of(project_rows(projectors, cand.matrices, cand.classes,
                                                    settings.coarse_window.k))

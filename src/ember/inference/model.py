@@ -106,6 +106,19 @@ class Sums:
                   self.class_weight, self.signal_product, self.reference_power, self.scale_weight, scalars)
         self.offset_sq, self.loglik = float(scalars[0]), float(scalars[1])
 
+    def add_class(self, k: int, other: Sums) -> None:
+        """Add the statistics of a single-class E-step (`other`, K = 1, whose reconstructor is this
+        one's class k) as class k, in place."""
+        self.sigma2 += other.sigma2
+        self.n_images += other.n_images
+        self.pdf_direction[k] += other.pdf_direction[0]
+        self.class_weight[k] += other.class_weight[0]
+        self.offset_sq += other.offset_sq
+        self.loglik += other.loglik
+        self.signal_product += other.signal_product
+        self.reference_power += other.reference_power
+        self.scale_weight += other.scale_weight
+
     def __add__(self, other: Sums) -> Sums:
         """Statistics of both (reconstructors: the caller joins them; σ², counts and pdfs add)."""
         return Sums(self.reconstructors, self.sigma2 + other.sigma2, self.n_images + other.n_images,

@@ -61,3 +61,36 @@ def plot_angular_distribution(path: str | Path, angles_deg: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+
+
+def _save(fig, path: str | Path) -> None:
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def plot_class_sizes(path: str | Path, history: np.ndarray) -> None:
+    """Class distribution π_k (fraction of particles) per iteration: history (iterations, K)."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=110)
+    its = np.arange(1, len(history) + 1)
+    for k in range(history.shape[1]):
+        ax.plot(its, 100 * history[:, k], marker="o", ms=3, lw=1.4, label=f"class {k + 1}")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("particles (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("class sizes", fontsize=10)
+    ax.legend(fontsize=8, ncol=min(4, history.shape[1]))
+    _save(fig, path)
+
+
+def plot_class_projections(path: str | Path, volumes: list[np.ndarray], labels: list[str]) -> None:
+    """Projections of each class map (N, N, N) along z, y and x: one row per class."""
+    fig, axes = plt.subplots(len(volumes), 3, figsize=(6.0, 2.0 * len(volumes) + 0.3), dpi=100, squeeze=False)
+    for row, (vol, label) in zip(axes, zip(volumes, labels, strict=True), strict=True):
+        for ax, axis, name in zip(row, (0, 1, 2), ("along z", "along y", "along x"), strict=True):
+            ax.imshow(vol.sum(axis=axis), cmap="gray", origin="lower")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"{label}, {name}" if axis == 0 else name, fontsize=8)
+    _save(fig, path)

@@ -1,0 +1,338 @@
+"""`ember class3d`: multi-reference 3D classification (RELION `relion_refine --K K`, ALGORITHM §7.1).
+
+One model of K classes from all particles, no half sets. Each iteration: τ²_k from the power of
+reference k → E-step marginalising over class, orientation and translation (in the first iteration
+each particle sees one random class only: RELION's seed generation) → M-step (Wiener
+reconstruction of each class with T·τ²_k, σ², σ_offset, π_k, pdf_direction) → solvent flattening
+→ new current resolution from data_vs_prior → write `run_itNNN_*`. A fixed number of iterations at
+a fixed angular sampling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ember.errors import EmberInputError
+from ember.inference.accuracy import expected_accuracy
+from ember.inference.engine import run_expectation
+from ember.inference.estep import EStepSettings
+from ember.inference.images import FrequencyWindow
+from ember.inference.model import Model, ParticleResults, SamplingState, Sums
+from ember.inference.mstep import ReferencePowerTau2, first_per_group, initial_sigma2, maximise, reference_tau2
+from ember.inference.sampling import asymmetric_unit, translation_grid
+from ember.inference.schedule import AutoRefineState, coarse_size, current_size
+from ember.io.mrc import read_map
+from ember.io.particles import ParticleDataSet, check_map_matches
+from ember.jobs.common import select_device, write_job_json
+from ember.jobs.refine_io import data_table, model_blocks, model_from_json, model_to_json, write_iteration
+from ember.maths.fourier import resolution_angstrom, shell_of_resolution
+from ember.maths.symmetry import symmetry_operators
+from ember.operators.filters import lowpass_raised_cosine
+from ember.operators.projector import Projector
+from ember.report.plots import plot_class_projections, plot_class_sizes
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Class3DConfig:
+    """Settings (RELION's Class3D defaults). Offsets in pixels; diameter and resolutions in Å;
+    `sigma_ang_deg` turns on local searches around the input angles (degrees)."""
+
+    star: Path
+    reference: Path
+    output: Path
+    n_classes: int
+    particle_diameter_angstrom: float
+    symmetry: str = "C1"
+    ini_high_angstrom: float = 60.0
+    iterations: int = 25
+    healpix_order: int = 2
+    oversampling: int = 1
+    offset_range_px: float = 5.0
+    offset_step_px: float = 2.0
+    tau2_fudge: float = 4.0
+    sigma_offset_angstrom: float = 10.0
+    sigma_ang_deg: float | None = None
+    skip_align: bool = False
+    perturb: float = 0.5
+    adaptive_fraction: float = 0.999
+    maxsig: int | None = None
+    ctf: bool = True
+    batch_size: int = 64
+    device: str = "cpu"
+    threads: int | None = None
+    seed: int = 0
+    continue_from: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.n_classes < 1:
+            raise EmberInputError(None, f"--K must be ≥ 1 (got {self.n_classes})", "")
+        if self.particle_diameter_angstrom <= 0:
+            raise EmberInputError(None, "--particle_diameter must be > 0 Å", "")
+        if self.iterations < 1:
+            raise EmberInputError(None, f"--iter must be ≥ 1 (got {self.iterations})", "")
+        if self.device != "cpu":
+            raise EmberInputError(None, "class3d runs on the CPU for now (only reconstruct takes cuda)",
+                                  "use --device cpu")
+        if self.sigma_ang_deg is not None and self.sigma_ang_deg <= 0:
+            raise EmberInputError(None, "--sigma_ang must be > 0 degrees", "")
+        if self.offset_step_px <= 0 or self.offset_range_px < 0:
+            raise EmberInputError(None, "--offset_step must be > 0 and --offset_range ≥ 0 (pixels)", "")
+
+
+@dataclass
+class Run:
+    """What the loop carries between iterations; `history` (iterations, K) holds π_k per iteration."""
+
+    cfg: Class3DConfig
+    dataset: ParticleDataSet
+    model: Model
+    state: AutoRefineState
+    results: ParticleResults
+    symmetry: torch.Tensor
+    directions: np.ndarray
+    ave_pmax: float = 0.0
+    history: list[list[float]] = field(default_factory=list)
+
+    @property
+    def box(self) -> int:
+        return self.dataset.box
+
+    @property
+    def pixel(self) -> float:
+        return self.dataset.pixel_size
+
+    @property
+    def mask_radius_px(self) -> float:
+        return self.cfg.particle_diameter_angstrom / (2 * self.pixel)
+
+
+def class3d(cfg: Class3DConfig, progress=None) -> Path:
+    """Run the classification; returns the last iteration's model.star."""
+    select_device(cfg.device, cfg.threads)
+    run = resume(cfg) if cfg.continue_from else start(cfg)
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    write_job_json(out, "class3d", cfg)
+    while run.state.iteration < cfg.iterations:
+        run.state.iteration += 1
+        t0 = time.perf_counter()
+        iterate(run, progress)
+        logger.info("iteration %d: resolution %.2f Å, classes %s %%, <Pmax> %.3f, %.0f s", run.state.iteration,
+                    resolution_angstrom(run.state.resolution_shell, run.box, run.pixel),
+                    " ".join(f"{100 * p:.1f}" for p in run.model.class_prior), run.ave_pmax,
+                    time.perf_counter() - t0)
+    run.dataset.close()
+    return out / f"run_it{run.state.iteration:03d}_model.star"
+
+
+def start(cfg: Class3DConfig) -> Run:
+    """All K classes start from the ini_high-filtered reference (ALGORITHM §7.1)."""
+    dataset = ParticleDataSet.from_star(cfg.star)
+    ref, ref_pixel = read_map(cfg.reference)
+    check_map_matches(cfg.reference, ref.shape[0], ref_pixel, dataset)
+    box, pixel = dataset.box, dataset.pixel_size
+    ini_shell = shell_of_resolution(cfg.ini_high_angstrom, box, pixel)
+    reference = lowpass_raised_cosine(torch.from_numpy(ref).double(), ini_shell)
+    symmetry = symmetry_operators(cfg.symmetry)
+    directions = asymmetric_unit(cfg.healpix_order, symmetry)
+    sigma2 = initial_sigma2(dataset, first_per_group(dataset), cfg.particle_diameter_angstrom / (2 * pixel))
+    pdf = _uniform_pdf(cfg.healpix_order, directions)
+    model = Model.initial([reference] * cfg.n_classes, sigma2, cfg.sigma_offset_angstrom, pdf,
+                          int(dataset.group_numbers().max()))
+    results = ParticleResults.empty(len(dataset), cfg.n_classes)
+    if all(c in dataset.table.particles for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")):
+        results.angles[:] = dataset.angles_deg()
+    elif cfg.skip_align or cfg.sigma_ang_deg is not None:
+        raise EmberInputError(cfg.star, "--skip_align and --sigma_ang need rlnAngleRot/Tilt/Psi",
+                              "give particles with refined angles (e.g. refine3d's run_data.star)")
+    results.offsets_px[:] = dataset.offsets_px()
+    state = AutoRefineState(iteration=0, healpix_order=cfg.healpix_order, oversampling=cfg.oversampling,
+                            offset_range_px=cfg.offset_range_px, offset_step_px=cfg.offset_step_px,
+                            resolution_shell=ini_shell, best_resolution_shell=ini_shell,
+                            sigma_ang_deg=cfg.sigma_ang_deg)
+    return Run(cfg, dataset, model, state, results, symmetry, directions)
+
+
+def _uniform_pdf(order: int, directions: np.ndarray) -> np.ndarray:
+    pdf = np.zeros(12 * 4**order)
+    pdf[directions] = 1.0 / len(directions)
+    return pdf
+
+
+def seed_classes(n: int, n_classes: int, seed: int) -> np.ndarray:
+    """The one random class (0-based) each particle is aligned against in the first iteration."""
+    return np.random.default_rng([seed, 7]).integers(n_classes, size=n)
+
+
+def iterate(run: Run, progress=None) -> None:
+    """One iteration: E-step over all particles, M-step, new resolution, write."""
+    cfg, st, box, pixel = run.cfg, run.state, run.box, run.pixel
+    rng = np.random.default_rng([cfg.seed, st.iteration])
+    st.current_size = current_size(st, box, run.ave_pmax)
+    fine_win = FrequencyWindow.build(box, st.current_size)
+    w_c = coarse_size(st.healpix_order, cfg.particle_diameter_angstrom, box, pixel, st.current_size)
+    coarse_win = FrequencyWindow.build(box, w_c if cfg.oversampling > 0 and not cfg.skip_align else st.current_size)
+    model = run.model
+    tau2 = torch.stack([reference_tau2(Projector.from_volume(r)) for r in model.references])
+    model.rho = _perturb(model.rho, 0.0 if cfg.skip_align else cfg.perturb, rng)
+    if cfg.skip_align:
+        trans, oversampling = torch.zeros((1, 2), dtype=torch.float64), 0
+    else:
+        trans = torch.from_numpy(translation_grid(st.offset_range_px, st.offset_step_px))
+        trans = trans + model.rho * st.offset_step_px
+        oversampling = st.oversampling
+    settings = EStepSettings(coarse_win, fine_win, trans, st.offset_step_px, oversampling, pixel,
+                             cfg.adaptive_fraction, maxsig=cfg.maxsig)
+    sampling = SamplingState(st.healpix_order, st.oversampling, st.offset_range_px, st.offset_step_px,
+                             run.directions, st.sigma_ang_deg)
+    n, k_classes = len(run.dataset), model.n_classes
+    sums = Sums.empty(box, k_classes, run.dataset.n_optics_groups, 12 * 4**st.healpix_order,
+                      r_max=st.current_size // 2, n_scale_groups=len(model.scale))
+    if progress is not None and hasattr(progress, "describe"):
+        progress.describe(f"it {st.iteration}/{cfg.iterations} · "
+                          f"{resolution_angstrom(st.resolution_shell, box, pixel):.1f} Å")
+    done = 0
+
+    def tick(k: int) -> None:
+        nonlocal done
+        done += k
+        if progress:
+            progress(done, n)
+
+    common = dict(prior_angles_deg=run.results.angles.copy(), prior_offsets_px=run.results.offsets_px.copy(),
+                  symmetry=run.symmetry, mask_radius_px=run.mask_radius_px, batch_size=cfg.batch_size,
+                  use_ctf=cfg.ctf, progress=tick, fixed_poses=cfg.skip_align)
+    if st.iteration == 1 and k_classes > 1:
+        _seed_expectation(run, sampling, settings, sums, common)
+    else:
+        run_expectation(run.dataset, np.arange(n), model, sampling, settings, sums, run.results, **common)
+    run.ave_pmax = float(run.results.pmax.mean())
+    run.model = _maximise(run, sums, tau2)
+    st.resolution_shell = resolution_from_ssnr(run.model.ssnr, run.model.class_prior)
+    st.best_resolution_shell = max(st.best_resolution_shell, st.resolution_shell)
+    if not cfg.skip_align:
+        st.acc_rot_deg, st.acc_trans_px = _accuracy(run, fine_win, rng)
+    run.history.append(run.model.class_prior.tolist())
+    write_outputs(run, f"run_it{st.iteration:03d}")
+
+
+def _seed_expectation(run: Run, sampling: SamplingState, settings: EStepSettings, sums: Sums, common: dict) -> None:
+    """First iteration: each particle is aligned against one random class only, so the K new
+    references are reconstructions from random subsets (RELION `do_generate_seeds`)."""
+    n, model = len(run.dataset), run.model
+    assigned = seed_classes(n, model.n_classes, run.cfg.seed)
+    for k in range(model.n_classes):
+        rows = np.flatnonzero(assigned == k)
+        if len(rows) == 0:
+            continue
+        single = dataclasses.replace(model, references=[model.references[k]], class_prior=np.ones(1),
+                                     pdf_direction=model.pdf_direction[k : k + 1])
+        part = Sums([sums.reconstructors[k]], torch.zeros_like(sums.sigma2), torch.zeros_like(sums.n_images),
+                    np.zeros_like(sums.pdf_direction[:1]), np.zeros(1),
+                    signal_product=np.zeros_like(sums.signal_product),
+                    reference_power=np.zeros_like(sums.reference_power), scale_weight=np.zeros_like(sums.scale_weight))
+        res = ParticleResults.empty(n, 1)
+        run_expectation(run.dataset, rows, single, sampling, settings, part, res, **common)
+        sums.add_class(k, part)
+        r = run.results
+        for name in ("angles", "offsets_px", "pmax", "n_significant", "loglik", "residual_power"):
+            getattr(r, name)[rows] = getattr(res, name)[rows]
+        r.classes[rows] = k
+        r.class_posterior[rows] = np.eye(model.n_classes)[k]
+
+
+def _maximise(run: Run, sums: Sums, tau2: torch.Tensor) -> Model:
+    """M-step with τ²_k from the references' power (T = --tau2_fudge); a class without particles
+    gets a zero reference (RELION)."""
+    new = maximise(run.model, sums, ReferencePowerTau2(tau2, run.cfg.tau2_fudge), symmetry=run.symmetry,
+                   mask_radius_px=run.mask_radius_px)
+    for k in np.flatnonzero(new.class_prior <= 0):
+        new.references[k] = torch.zeros_like(new.references[k])
+    return new
+
+
+def resolution_from_ssnr(ssnr: torch.Tensor, class_prior: np.ndarray, minres_shell: int = 5) -> int:
+    """i_max = (first shell ≥ 1 with data_vs_prior < 1) − 1, the best over the classes with
+    particles (ALGORITHM §6.2, classification branch); ssnr (K, S)."""
+    best = 0
+    for k in np.flatnonzero(class_prior > 0):
+        below = torch.nonzero(ssnr[k, 1:] < 1)
+        best = max(best, int(below[0, 0]) if len(below) else ssnr.shape[1] - 1)
+    return max(best, minres_shell)
+
+
+def _perturb(rho: float, factor: float, rng: np.random.Generator) -> float:
+    """ρ ← wrap(ρ + U(0.5p, p), [−p, p]) (RELION `resetRandomlyPerturbedSampling`)."""
+    if factor <= 0:
+        return 0.0
+    rho += rng.uniform(0.5 * factor, factor)
+    return float((rho + factor) % (2 * factor) - factor)
+
+
+def _accuracy(run: Run, fine_win: FrequencyWindow, rng: np.random.Generator) -> tuple[float, float]:
+    """Expected angular (deg) and translational (px) accuracy on 100 particles of the largest class."""
+    k = int(np.argmax(run.model.class_prior))
+    members = np.flatnonzero(run.results.classes == k)
+    if len(members) == 0:
+        return 999.0, 999.0
+    sample = rng.choice(members, size=min(100, len(members)), replace=False)
+    projector = Projector.from_volume(run.model.references[k], r_max=fine_win.size // 2)
+    return expected_accuracy(projector, run.model.sigma2_noise.mean(dim=0), run.dataset, sample,
+                             run.results.angles[sample], fine_win, rng, run.cfg.ctf)
+
+
+def write_outputs(run: Run, prefix: str) -> None:
+    """run_itNNN_classNNN.mrc, run_itNNN_data.star, run_itNNN_model.star, run_itNNN_state.json,
+    class_sizes.png and classes.png (RELION's Class3D layout)."""
+    out, box, pixel, st, model = Path(run.cfg.output), run.box, run.pixel, run.state, run.model
+    groups = run.dataset.group_numbers()
+    names = [f"class{k + 1:03d}" for k in range(model.n_classes)]
+    data = data_table(run.dataset.table, run.results, None, pixel, run.dataset.image_names_relative_to(out),
+                      groups, run.dataset.column("rlnNormCorrection", 1.0))
+    blocks = model_blocks(model, st, box=box, pixel=pixel, map_names=[f"{prefix}_{n}.mrc" for n in names],
+                          ave_pmax=run.ave_pmax, loglik=float(run.results.loglik.sum()), acc_rot=st.acc_rot_deg,
+                          acc_trans_angstrom=st.acc_trans_px * pixel, tau2_fudge=run.cfg.tau2_fudge,
+                          group_counts=np.bincount(groups - 1))
+    state = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(run.cfg).items()},
+             "state": st.to_dict(), "ave_pmax": run.ave_pmax, "history": run.history,
+             "models": [model_to_json(model)]}
+    write_iteration(out, prefix, maps=dict(zip(names, model.references, strict=True)), pixel=pixel, data=data,
+                    models={"": blocks}, state=state)
+    plot_class_sizes(out / "class_sizes.png", np.array(run.history))
+    labels = [f"class {k + 1} ({100 * p:.0f} %)" for k, p in enumerate(model.class_prior)]
+    plot_class_projections(out / "classes.png", [r.float().numpy() for r in model.references], labels)
+
+
+def resume(cfg: Class3DConfig) -> Run:
+    """Rebuild the loop from a `run_itNNN_state.json` with its class maps and data.star."""
+    path = Path(cfg.continue_from)
+    if not path.exists():
+        raise EmberInputError(path, "file not found", "give a run_itNNN_state.json written by class3d")
+    saved = json.loads(path.read_text())
+    if "history" not in saved:
+        raise EmberInputError(path, "not a class3d state file", "give a run_itNNN_state.json written by class3d")
+    prefix = path.name.removesuffix("_state.json")
+    dataset = ParticleDataSet.from_star(path.parent / f"{prefix}_data.star")
+    n_classes = len(saved["models"][0]["class_prior"])
+    refs = [torch.from_numpy(read_map(path.parent / f"{prefix}_class{k + 1:03d}.mrc")[0]).double()
+            for k in range(n_classes)]
+    model = model_from_json(saved["models"][0], refs)
+    state = AutoRefineState(**saved["state"])
+    results = ParticleResults.empty(len(dataset), n_classes)
+    results.angles[:] = dataset.angles_deg()
+    results.offsets_px[:] = dataset.offsets_px()
+    results.classes[:] = dataset.column("rlnClassNumber", 1).astype(int) - 1
+    results.pmax[:] = dataset.column("rlnMaxValueProbDistribution", 0.0)
+    symmetry = symmetry_operators(cfg.symmetry)
+    return Run(cfg, dataset, model, state, results, symmetry, asymmetric_unit(state.healpix_order, symmetry),
+               saved["ave_pmax"], saved["history"])
