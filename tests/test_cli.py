@@ -28,6 +28,8 @@ BAD_CALLS = {
                  "missing.star"),
     "class3d": (["--i", "{d}/missing.star", "--ref", "{d}/r.mrc", "--o", "{d}/out", "--K", "2",
                  "--particle_diameter", "100"], "missing.star"),
+    "class2d": (["--i", "{d}/missing.star", "--o", "{d}/out", "--K", "2", "--particle_diameter", "100"],
+                "missing.star"),
     "select": (["--i", "{d}/missing.star", "--o", "{d}/out", "--class", "1"], "missing.star"),
     "demo": (["--n", "0", "--o", "{d}/out", "-q"], "--n must be"),
 }

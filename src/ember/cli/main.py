@@ -333,6 +333,54 @@ def refine3d(
 
 @app.command()
 @handles_errors
+def class2d(
+    star: Annotated[Path, typer.Option("--i", help="Particle STAR file (RELION 3.0 or 3.1+).")],
+    output: Annotated[Path, typer.Option("--o", help="Output folder (RELION job layout: run_itNNN_*).")],
+    n_classes: Annotated[int, typer.Option("--K", "--k", help="Number of classes.")],
+    particle_diameter: Annotated[float, typer.Option("--particle_diameter", help="Particle diameter in Å (soft circular mask).")],
+    iterations: Annotated[int, typer.Option("--iter", help="Number of iterations.")] = 25,
+    psi_step: Annotated[float, typer.Option("--psi_step", help="Coarse in-plane angular step (degrees); the fine step is 2^oversampling smaller.")] = 12.0,
+    oversampling: Annotated[int, typer.Option("--oversampling", help="Adaptive oversampling order (0 = one pass).")] = 1,
+    offset_range: Annotated[float, typer.Option("--offset_range", help="Translation search range in pixels.")] = 5.0,
+    offset_step: Annotated[float, typer.Option("--offset_step", help="Coarse translation step in pixels.")] = 2.0,
+    tau2_fudge: Annotated[float, typer.Option("--tau2_fudge", help="Regularisation parameter T (RELION's Class2D: 2).")] = 2.0,
+    center_classes: Annotated[bool, typer.Option("--center_classes/--no_center_classes", help="Re-centre each average on its centre of mass every iteration.")] = True,
+    fast_subsets: Annotated[bool, typer.Option("--fast_subsets", help="Iterations 1–15 on growing random subsets (needs --iter ≥ 20).")] = False,
+    maxsig: Annotated[Optional[int], typer.Option("--maxsig", help="At most this many significant coarse samples per image.")] = None,
+    no_ctf: Annotated[bool, typer.Option("--no-ctf", help="Ignore the CTF columns.")] = False,
+    continue_from: Annotated[Optional[Path], typer.Option("--continue", help="Resume from a run_itNNN_state.json.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Particles per E-step batch (memory).")] = 64,
+    seed: Seed = 0,
+    device: Device = "cpu",
+    threads: Threads = None,
+    quiet: Quiet = False,
+) -> None:
+    """Reference-free 2D classification: CTF-corrected class averages, marginalising over class,
+    in-plane rotation and translation.
+
+    Writes run_itNNN_classes.mrcs, run_itNNN_data.star (rlnClassNumber, rlnAnglePsi, offsets) and
+    run_itNNN_model.star (rlnClassDistribution) every iteration, class_sizes.png and classes.png
+    (the averages sorted by size, with their particle counts).
+
+    Example: ember class2d --i particles.star --K 50 --particle_diameter 160 --o class2d/
+    """
+    from ember.jobs.class2d import Class2DConfig
+    from ember.jobs.class2d import class2d as run
+
+    cfg = Class2DConfig(
+        star=star, output=output, n_classes=n_classes, particle_diameter_angstrom=particle_diameter,
+        iterations=iterations, psi_step_deg=psi_step, oversampling=oversampling, offset_range_px=offset_range,
+        offset_step_px=offset_step, tau2_fudge=tau2_fudge, center_classes=center_classes, fast_subsets=fast_subsets,
+        maxsig=maxsig, ctf=not no_ctf, batch_size=batch_size, device=device, threads=threads, seed=seed,
+        continue_from=continue_from,
+    )
+    with progress_bar("class2d", quiet) as bar:
+        averages = run(cfg, bar)
+    console.print(f"wrote {averages}")
+
+
+@app.command()
+@handles_errors
 def select(
     star: Annotated[Path, typer.Option("--i", help="Particle STAR file, e.g. a classification's or refinement's run_data.star.")],
     output: Annotated[Path, typer.Option("--o", help="Output particle STAR file (RELION 3.1, optics table kept).")],

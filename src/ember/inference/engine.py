@@ -4,6 +4,7 @@ local), the coarse projections of every class, streams the particles a batch at 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import numpy as np
@@ -21,12 +22,19 @@ from ember.inference.estep import (
 from ember.inference.images import prepare_batch
 from ember.inference.local_search import local_candidates
 from ember.inference.model import Model, ParticleResults, SamplingState, Sums
-from ember.inference.sampling import OrientationGrid, coarse_orientations, perturbation_matrix
+from ember.inference.sampling import (
+    OrientationGrid,
+    coarse_orientations,
+    in_plane_orientations,
+    in_plane_perturbation,
+    perturbation_matrix,
+)
 from ember.io.particles import ParticleDataSet
 from ember.maths.rotations import angular_distance_deg, euler_to_matrix
 from ember.operators.projector import Projector
 
-__all__ = ["global_candidates", "local_candidates", "pose_candidates", "run_expectation", "angular_changes"]
+__all__ = ["global_candidates", "local_candidates", "pose_candidates", "reference_projector", "run_expectation",
+           "run_expectation_assigned", "angular_changes"]
 
 
 def _log(p: np.ndarray) -> np.ndarray:
@@ -36,13 +44,24 @@ def _log(p: np.ndarray) -> np.ndarray:
 def global_candidates(sampling: SamplingState, model: Model, rho: float) -> Candidates:
     """All coarse orientations over the asymmetric unit for every class; prior log π_k +
     log pdf_direction_k(direction)."""
-    grid = coarse_orientations(sampling.healpix_order, sampling.directions)
-    e = perturbation_matrix(rho, sampling.healpix_order, sampling.oversampling)
+    if sampling.psi_step_deg is not None:
+        grid = in_plane_orientations(sampling.psi_step_deg)
+        e = in_plane_perturbation(rho, sampling.psi_step_deg, sampling.oversampling)
+    else:
+        grid = coarse_orientations(sampling.healpix_order, sampling.directions)
+        e = perturbation_matrix(rho, sampling.healpix_order, sampling.oversampling)
     single = Candidates(grid, grid.matrices(e), torch.zeros(len(grid), dtype=torch.float64))
     cand = single.with_classes(_log(model.class_prior))
     log_pdf = torch.from_numpy(_log(model.pdf_direction[:, grid.direction]).reshape(-1))
     cand.log_prior = cand.log_prior + log_pdf
     return cand
+
+
+def reference_projector(reference: torch.Tensor, r_max: int | None = None) -> Projector:
+    """Projector of a 3D map (N, N, N) or of a 2D class average (N, N)."""
+    if reference.ndim == 2:
+        return Projector.from_image(reference, r_max=r_max)
+    return Projector.from_volume(reference, r_max=r_max)
 
 
 def pose_candidates(angles_deg: np.ndarray) -> Candidates:
@@ -82,7 +101,7 @@ def run_expectation(
     offset prior (default 0); image_scales : (n,) factors on the images (norm correction avg/norm_j)."""
     r_max = settings.fine_window.size // 2
     with STAGES("coarse projections"):
-        projectors = [Projector.from_volume(ref, r_max=r_max) for ref in model.references]
+        projectors = [reference_projector(ref, r_max) for ref in model.references]
     shared, grid = None, None
     if sampling.sigma_ang_deg is None and not fixed_poses:
         shared = global_candidates(sampling, model, model.rho)
@@ -114,6 +133,32 @@ def run_expectation(
     if grid is not None:
         with STAGES("back-projection of the fine grid"):
             grid.insert_into(sums, settings.fine_window)
+
+
+def run_expectation_assigned(dataset: ParticleDataSet, indices: np.ndarray, assigned: np.ndarray, model: Model,
+                             sampling: SamplingState, settings: EStepSettings, sums: Sums, results: ParticleResults,
+                             **options) -> None:
+    """E-step in which particle `indices[j]` sees class `assigned[j]` (0-based) only, e.g. RELION's
+    seed generation (each particle aligned against one random class, so the K new references
+    are reconstructions of random subsets). Options as `run_expectation`."""
+    n, k_classes = len(results.pmax), model.n_classes
+    for k in range(k_classes):
+        rows = indices[assigned == k]
+        if len(rows) == 0:
+            continue
+        single = dataclasses.replace(model, references=[model.references[k]], class_prior=np.ones(1),
+                                     pdf_direction=model.pdf_direction[k : k + 1])
+        part = Sums([sums.reconstructors[k]], torch.zeros_like(sums.sigma2), torch.zeros_like(sums.n_images),
+                    np.zeros_like(sums.pdf_direction[:1]), np.zeros(1),
+                    signal_product=np.zeros_like(sums.signal_product),
+                    reference_power=np.zeros_like(sums.reference_power), scale_weight=np.zeros_like(sums.scale_weight))
+        res = ParticleResults.empty(n, 1)
+        run_expectation(dataset, rows, single, sampling, settings, part, res, **options)
+        sums.add_class(k, part)
+        for name in ("angles", "offsets_px", "pmax", "n_significant", "loglik", "residual_power"):
+            getattr(results, name)[rows] = getattr(res, name)[rows]
+        results.classes[rows] = k
+        results.class_posterior[rows] = np.eye(k_classes)[k]
 
 
 def angular_changes(old_deg: np.ndarray, new_deg: np.ndarray, symmetry: torch.Tensor | None = None) -> np.ndarray:

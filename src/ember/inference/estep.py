@@ -59,7 +59,8 @@ class Candidates:
         log π_k added to the prior; `self` must be single-class."""
         k, u = len(log_class_prior), len(self.table)
         table = OrientationGrid(np.tile(self.table.angles, (k, 1)), np.tile(self.table.direction, k),
-                                np.tile(self.table.psi_index, k), self.table.order, self.table.n_psi)
+                                np.tile(self.table.psi_index, k), self.table.order, self.table.n_psi,
+                                self.table.in_plane)
         log_pi = torch.as_tensor(log_class_prior, dtype=torch.float64)
         classes = torch.arange(k).repeat_interleave(u)
         if self.per_image is None:
@@ -504,7 +505,7 @@ def _fine_pass(batch, model, projectors, cand, st, sig_b, sig_t, sig_r, sig_prio
     projections of its child orientations."""
     os_ = st.oversampling
     win = st.fine_window
-    n_child = 8**os_
+    n_child = (2 if cand.table.in_plane else 8) ** os_  # children per coarse orientation
     if grid is not None:
         mats, proj, classes = grid.matrices, grid.proj, grid.classes
         rows = sig_r[:, None] * n_child + torch.arange(n_child)[None]

@@ -56,7 +56,8 @@ class Model:
 @dataclass
 class SamplingState:
     """The current sampling: HEALPix order (coarse), oversampling order, translations (px),
-    local-search σ (degrees, None = global), directions kept (asymmetric unit indices)."""
+    local-search σ (degrees, None = global), directions kept (asymmetric unit indices); with
+    `psi_step_deg` the references are 2D and the orientations in-plane rotations only."""
 
     healpix_order: int
     oversampling: int
@@ -64,6 +65,7 @@ class SamplingState:
     offset_step_px: float
     directions: np.ndarray
     sigma_ang_deg: float | None = None
+    psi_step_deg: float | None = None  # 2D references: in-plane rotations at this coarse step
 
 
 @dataclass
@@ -90,8 +92,8 @@ class Sums:
 
     @classmethod
     def empty(cls, box: int, n_classes: int, n_groups: int, n_directions: int, *, pad: int = 2,
-              r_max: int | None = None, n_scale_groups: int = 1) -> Sums:
-        return cls([Reconstructor(box, pad=pad, r_max=r_max) for _ in range(n_classes)],
+              r_max: int | None = None, n_scale_groups: int = 1, ndim: int = 3) -> Sums:
+        return cls([Reconstructor(box, pad=pad, r_max=r_max, ndim=ndim) for _ in range(n_classes)],
                    torch.zeros((n_groups, box // 2 + 1), dtype=torch.float64),
                    torch.zeros(n_groups, dtype=torch.float64), np.zeros((n_classes, n_directions)),
                    np.zeros(n_classes), signal_product=np.zeros(n_scale_groups),

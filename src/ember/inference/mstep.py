@@ -25,9 +25,9 @@ def unregularised_fsc(first: Reconstructor, second: Reconstructor) -> torch.Tens
     return half_set_fsc(first, second)
 
 
-def solvent_mask(box: int, radius_px: float, edge_px: float = 5.0) -> torch.Tensor:
-    """Soft sphere: 1 inside radius, raised cosine over `edge_px`, 0 beyond (§5.8)."""
-    return soft_sphere(box, radius_px, edge_px)
+def solvent_mask(box: int, radius_px: float, edge_px: float = 5.0, ndim: int = 3) -> torch.Tensor:
+    """Soft sphere (disc in 2D): 1 inside radius, raised cosine over `edge_px`, 0 beyond (§5.8)."""
+    return soft_sphere(box, radius_px, edge_px, ndim=ndim)
 
 
 @dataclass
@@ -64,15 +64,17 @@ class ReferencePowerTau2:
 
 def reference_tau2(projector: Projector) -> torch.Tensor:
     """τ²(i) = mean over padded voxels in model shell i of |V̂|²/2 (2D-image scale) → (S,)
-    (RELION `MlModel::setFourierTransformMaps`)."""
+    (RELION `MlModel::setFourierTransformMaps`); a 2D reference's padded pixels likewise."""
     spec = projector.spectrum
     size = spec.shape[1] - 1
-    zy = torch.arange(size + 1, dtype=torch.float64) - size // 2
+    y = torch.arange(size + 1, dtype=torch.float64) - size // 2
+    z = y if spec.shape[0] > 1 else torch.zeros(1, dtype=torch.float64)  # a 2D reference: one plane
     x = torch.arange(size // 2 + 1, dtype=torch.float64)
-    gz, gy, gx = torch.meshgrid(zy, zy, x, indexing="ij")
+    gz, gy, gx = torch.meshgrid(z, y, x, indexing="ij")
     r = torch.sqrt(gx**2 + gy**2 + gz**2) / projector.pad
-    shells = torch.floor(r + 0.5).long()[:-1, :-1].reshape(-1)
-    power = (spec.abs().double() ** 2 / 2)[:-1, :-1].reshape(-1)
+    keep_z = slice(None, -1) if spec.shape[0] > 1 else slice(None)
+    shells = torch.floor(r + 0.5).long()[keep_z, :-1].reshape(-1)
+    power = (spec.abs().double() ** 2 / 2)[keep_z, :-1].reshape(-1)
     n_shells = projector.box // 2 + 1
     keep = shells < n_shells
     total = torch.zeros(n_shells, dtype=torch.float64).index_add_(0, shells[keep], power[keep])
@@ -112,7 +114,7 @@ def maximise(
         tau2, ssnr = tau2_policy(k, rec)
         volume = rec.reconstruct(tau2=tau2, tau2_fudge=tau2_policy.tau2_fudge).double()
         if mask_radius_px is not None:
-            volume = volume * solvent_mask(volume.shape[0], mask_radius_px)
+            volume = volume * solvent_mask(volume.shape[0], mask_radius_px, ndim=volume.ndim)
         refs.append(volume)
         tau2s.append(tau2)
         ssnrs.append(ssnr)

@@ -62,13 +62,15 @@ def asymmetric_unit(order: int, symmetry_ops: torch.Tensor) -> np.ndarray:
 @dataclass(frozen=True)
 class OrientationGrid:
     """A set of orientations: angles (R, 3) degrees, the HEALPix direction index (R,) and psi
-    index (R,) of each, at `order` with `n_psi` psi values."""
+    index (R,) of each, at `order` with `n_psi` psi values; `in_plane`: 2D references, only psi
+    varies (rot = tilt = 0, one direction)."""
 
     angles: np.ndarray
     direction: np.ndarray
     psi_index: np.ndarray
     order: int
     n_psi: int
+    in_plane: bool = False
 
     def __len__(self) -> int:
         return len(self.angles)
@@ -96,11 +98,34 @@ def coarse_orientations(order: int, directions: np.ndarray) -> OrientationGrid:
     return OrientationGrid(angles, directions[d_idx], p_idx, order, n_psi)
 
 
+def in_plane_orientations(psi_step_deg: float) -> OrientationGrid:
+    """In-plane rotations (0, 0, ψ) of 2D references at a step of `psi_step_deg` degrees."""
+    n_psi = math.ceil(360.0 / psi_step_deg - 1e-9)
+    psi = np.arange(n_psi) * 360.0 / n_psi
+    angles = np.column_stack([np.zeros(n_psi), np.zeros(n_psi), psi])
+    return OrientationGrid(angles, np.zeros(n_psi, dtype=np.int64), np.arange(n_psi), 0, n_psi, in_plane=True)
+
+
+def in_plane_perturbation(rho: float, psi_step_deg: float, oversampling: int) -> np.ndarray:
+    """Rz(ρ·Δψ) with Δψ the fine psi step (2D: only psi is perturbed)."""
+    d = rho * psi_step_deg / 2**oversampling
+    return euler_to_matrix(torch.tensor([0.0, 0.0, d], dtype=torch.float64)).numpy()
+
+
 def oversampled_children(grid: OrientationGrid, which: np.ndarray, oversampling: int) -> OrientationGrid:
     """Children of orientations `which` (indices into `grid`): the 4^os HEALPix sub-pixels at
-    order n+os × 2^os psi values → 8^os children each, in blocks of 8^os per parent."""
+    order n+os × 2^os psi values → 8^os children each, in blocks of 8^os per parent (in-plane
+    grids: the 2^os psi values only)."""
     if oversampling == 0:
-        return OrientationGrid(grid.angles[which], grid.direction[which], grid.psi_index[which], grid.order, grid.n_psi)
+        return OrientationGrid(grid.angles[which], grid.direction[which], grid.psi_index[which], grid.order, grid.n_psi,
+                               grid.in_plane)
+    if grid.in_plane:
+        m = 2**oversampling
+        step = 360.0 / grid.n_psi
+        psi = (grid.angles[which, 2][:, None] - step / 2 + (np.arange(m)[None] + 0.5) * step / m).reshape(-1)
+        zeros = np.zeros(len(psi))
+        return OrientationGrid(np.column_stack([zeros, zeros, psi]), np.zeros(len(psi), dtype=np.int64),
+                               np.zeros(len(psi), dtype=np.int64), 0, grid.n_psi * m, in_plane=True)
     f = 4**oversampling
     fine_order = grid.order + oversampling
     fine_dirs = healpix_directions(fine_order)
@@ -133,6 +158,14 @@ def translation_children(step_px: float, oversampling: int) -> np.ndarray:
     o = -step_px / 2 + (np.arange(m) + 0.5) * step_px / m if oversampling else np.zeros(1)
     gx, gy = np.meshgrid(o, o, indexing="xy")
     return np.stack([gx.ravel(), gy.ravel()], axis=1)
+
+
+def next_perturbation(rho: float, factor: float, rng: np.random.Generator) -> float:
+    """ρ ← wrap(ρ + U(0.5p, p), [−p, p]), 0 when p = 0 (RELION `resetRandomlyPerturbedSampling`)."""
+    if factor <= 0:
+        return 0.0
+    rho += rng.uniform(0.5 * factor, factor)
+    return float((rho + factor) % (2 * factor) - factor)
 
 
 def perturbation_matrix(rho: float, order: int, oversampling: int) -> np.ndarray:

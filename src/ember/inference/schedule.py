@@ -73,6 +73,17 @@ def resolution_from_fsc(fsc: torch.Tensor, tau2_fudge: float = 1.0, minres_shell
     return max(i, minres_shell)
 
 
+def resolution_from_ssnr(ssnr: torch.Tensor, class_prior, minres_shell: int = 5) -> int:
+    """i_max = (first shell ≥ 1 with data_vs_prior < 1) − 1, the best over the classes with
+    particles (§6.2, classification branch); ssnr (K, S), class_prior (K,)."""
+    best = 0
+    for k in range(len(ssnr)):
+        if class_prior[k] > 0:
+            below = torch.nonzero(ssnr[k, 1:] < 1)
+            best = max(best, int(below[0, 0]) if len(below) else ssnr.shape[1] - 1)
+    return max(best, minres_shell)
+
+
 def update_resolution(state: AutoRefineState, fsc: torch.Tensor, tau2_fudge: float) -> None:
     """New current resolution, the no-gain counter, incr_size and the high-FSC-at-limit flag."""
     new = resolution_from_fsc(fsc, tau2_fudge)

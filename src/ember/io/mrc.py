@@ -92,6 +92,21 @@ def read_map(path: str | Path) -> tuple[np.ndarray, float]:
     return data, pixel
 
 
+def read_stack(path: str | Path) -> tuple[np.ndarray, float]:
+    """Read a stack of 2D images (e.g. class averages). Returns ((K, N, N) float32, pixel size Å)."""
+    path = Path(path)
+    with _open_tolerant(path, mrcfile.open) as mrc:
+        data = np.asarray(mrc.data, dtype=np.float32).copy()
+        pixel = float(mrc.voxel_size.x)
+    if data.ndim == 2:
+        data = data[None]
+    if data.ndim != 3 or data.shape[1] != data.shape[2]:
+        raise EmberInputError(path, f"expected a stack of square images, got shape {data.shape}", "")
+    if not np.isfinite(data).all():
+        raise EmberInputError(path, "stack holds NaN or infinite values", "fix or regenerate it")
+    return data, pixel
+
+
 def write_map(path: str | Path, volume: np.ndarray, pixel_size: float) -> None:
     """Write a float32 map (or stack) atomically with the voxel size in Å in the header."""
     with atomic_path(path) as tmp:

@@ -22,13 +22,13 @@ import torch
 
 from ember.errors import EmberInputError
 from ember.inference.accuracy import expected_accuracy
-from ember.inference.engine import run_expectation
+from ember.inference.engine import run_expectation, run_expectation_assigned
 from ember.inference.estep import EStepSettings
 from ember.inference.images import FrequencyWindow
 from ember.inference.model import Model, ParticleResults, SamplingState, Sums
 from ember.inference.mstep import ReferencePowerTau2, first_per_group, initial_sigma2, maximise, reference_tau2
-from ember.inference.sampling import asymmetric_unit, translation_grid
-from ember.inference.schedule import AutoRefineState, coarse_size, current_size
+from ember.inference.sampling import asymmetric_unit, next_perturbation, translation_grid
+from ember.inference.schedule import AutoRefineState, coarse_size, current_size, resolution_from_ssnr
 from ember.io.mrc import read_map
 from ember.io.particles import ParticleDataSet, check_map_matches
 from ember.jobs.common import select_device, write_job_json
@@ -184,7 +184,7 @@ def iterate(run: Run, progress=None) -> None:
     coarse_win = FrequencyWindow.build(box, w_c if cfg.oversampling > 0 and not cfg.skip_align else st.current_size)
     model = run.model
     tau2 = torch.stack([reference_tau2(Projector.from_volume(r)) for r in model.references])
-    model.rho = _perturb(model.rho, 0.0 if cfg.skip_align else cfg.perturb, rng)
+    model.rho = next_perturbation(model.rho, 0.0 if cfg.skip_align else cfg.perturb, rng)
     if cfg.skip_align:
         trans, oversampling = torch.zeros((1, 2), dtype=torch.float64), 0
     else:
@@ -213,7 +213,9 @@ def iterate(run: Run, progress=None) -> None:
                   symmetry=run.symmetry, mask_radius_px=run.mask_radius_px, batch_size=cfg.batch_size,
                   use_ctf=cfg.ctf, progress=tick, fixed_poses=cfg.skip_align)
     if st.iteration == 1 and k_classes > 1:
-        _seed_expectation(run, sampling, settings, sums, common)
+        assigned = seed_classes(n, k_classes, cfg.seed)
+        run_expectation_assigned(run.dataset, np.arange(n), assigned, model, sampling, settings, sums, run.results,
+                                 **common)
     else:
         run_expectation(run.dataset, np.arange(n), model, sampling, settings, sums, run.results, **common)
     run.ave_pmax = float(run.results.pmax.mean())
@@ -226,31 +228,6 @@ def iterate(run: Run, progress=None) -> None:
     write_outputs(run, f"run_it{st.iteration:03d}")
 
 
-def _seed_expectation(run: Run, sampling: SamplingState, settings: EStepSettings, sums: Sums, common: dict) -> None:
-    """First iteration: each particle is aligned against one random class only, so the K new
-    references are reconstructions from random subsets (RELION `do_generate_seeds`)."""
-    n, model = len(run.dataset), run.model
-    assigned = seed_classes(n, model.n_classes, run.cfg.seed)
-    for k in range(model.n_classes):
-        rows = np.flatnonzero(assigned == k)
-        if len(rows) == 0:
-            continue
-        single = dataclasses.replace(model, references=[model.references[k]], class_prior=np.ones(1),
-                                     pdf_direction=model.pdf_direction[k : k + 1])
-        part = Sums([sums.reconstructors[k]], torch.zeros_like(sums.sigma2), torch.zeros_like(sums.n_images),
-                    np.zeros_like(sums.pdf_direction[:1]), np.zeros(1),
-                    signal_product=np.zeros_like(sums.signal_product),
-                    reference_power=np.zeros_like(sums.reference_power), scale_weight=np.zeros_like(sums.scale_weight))
-        res = ParticleResults.empty(n, 1)
-        run_expectation(run.dataset, rows, single, sampling, settings, part, res, **common)
-        sums.add_class(k, part)
-        r = run.results
-        for name in ("angles", "offsets_px", "pmax", "n_significant", "loglik", "residual_power"):
-            getattr(r, name)[rows] = getattr(res, name)[rows]
-        r.classes[rows] = k
-        r.class_posterior[rows] = np.eye(model.n_classes)[k]
-
-
 def _maximise(run: Run, sums: Sums, tau2: torch.Tensor) -> Model:
     """M-step with τ²_k from the references' power (T = --tau2_fudge); a class without particles
     gets a zero reference (RELION)."""
@@ -259,24 +236,6 @@ def _maximise(run: Run, sums: Sums, tau2: torch.Tensor) -> Model:
     for k in np.flatnonzero(new.class_prior <= 0):
         new.references[k] = torch.zeros_like(new.references[k])
     return new
-
-
-def resolution_from_ssnr(ssnr: torch.Tensor, class_prior: np.ndarray, minres_shell: int = 5) -> int:
-    """i_max = (first shell ≥ 1 with data_vs_prior < 1) − 1, the best over the classes with
-    particles (ALGORITHM §6.2, classification branch); ssnr (K, S)."""
-    best = 0
-    for k in np.flatnonzero(class_prior > 0):
-        below = torch.nonzero(ssnr[k, 1:] < 1)
-        best = max(best, int(below[0, 0]) if len(below) else ssnr.shape[1] - 1)
-    return max(best, minres_shell)
-
-
-def _perturb(rho: float, factor: float, rng: np.random.Generator) -> float:
-    """ρ ← wrap(ρ + U(0.5p, p), [−p, p]) (RELION `resetRandomlyPerturbedSampling`)."""
-    if factor <= 0:
-        return 0.0
-    rho += rng.uniform(0.5 * factor, factor)
-    return float((rho + factor) % (2 * factor) - factor)
 
 
 def _accuracy(run: Run, fine_win: FrequencyWindow, rng: np.random.Generator) -> tuple[float, float]:

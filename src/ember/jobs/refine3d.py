@@ -32,7 +32,7 @@ from ember.inference.mstep import (
     norm_corrections,
     unregularised_fsc,
 )
-from ember.inference.sampling import angular_step_deg, asymmetric_unit, translation_grid
+from ember.inference.sampling import angular_step_deg, asymmetric_unit, next_perturbation, translation_grid
 from ember.inference.schedule import (
     AutoRefineState,
     check_convergence,
@@ -260,7 +260,7 @@ def iterate(run: Run, progress=None) -> None:
     mine = []
     for h in (0, 1):
         model = run.models[0 if cfg.no_halves else h]
-        rho = _perturb(model.rho, cfg.perturb, rng)
+        rho = next_perturbation(model.rho, cfg.perturb, rng)
         model.rho = rho
         trans = torch.from_numpy(translation_grid(st.offset_range_px, st.offset_step_px)) + rho * st.offset_step_px
         settings = EStepSettings(coarse_win, fine_win, trans, st.offset_step_px, st.oversampling, pixel,
@@ -325,14 +325,6 @@ def _update_norms(run: Run) -> None:
         run.norms[rows] = norm_corrections(run.norms[rows], run.results.residual_power[rows], model.avg_norm)
         if run.cfg.no_halves:
             break
-
-
-def _perturb(rho: float, factor: float, rng: np.random.Generator) -> float:
-    """ρ ← wrap(ρ + U(0.5p, p), [−p, p]) (RELION `resetRandomlyPerturbedSampling`)."""
-    if factor <= 0:
-        return 0.0
-    rho += rng.uniform(0.5 * factor, factor)
-    return float((rho + factor) % (2 * factor) - factor)
 
 
 def _joined(sums, box: int, r_max: int | None = None, *, prepared: bool = True):

@@ -41,14 +41,14 @@ def data_table(base: ParticleTable, results: ParticleResults, subsets: np.ndarra
 
 def model_blocks(model: Model, state: AutoRefineState, *, box: int, pixel: float, map_names: list[str],
                  ave_pmax: float, loglik: float, acc_rot: float, acc_trans_angstrom: float, tau2_fudge: float,
-                 group_counts: np.ndarray) -> dict:
+                 group_counts: np.ndarray, ref_dim: int = 3) -> dict:
     """The blocks of a RELION model.star: model_general, model_classes, model_class_k,
     model_optics_group_g, model_groups, model_pdf_orient_class_k (ALGORITHM §10.4)."""
     shells = np.arange(box // 2 + 1)
     res = resolution_angstrom(state.resolution_shell, box, pixel)
     n_classes, n_groups = model.n_classes, model.sigma2_noise.shape[0]
     general = {
-        "rlnReferenceDimensionality": 3, "rlnDataDimensionality": 2, "rlnOriginalImageSize": box,
+        "rlnReferenceDimensionality": ref_dim, "rlnDataDimensionality": 2, "rlnOriginalImageSize": box,
         "rlnCurrentResolution": res, "rlnCurrentImageSize": state.current_size, "rlnPaddingFactor": 2,
         "rlnIsHelix": 0, "rlnFourierSpaceInterpolator": 1, "rlnMinRadiusNnInterpolation": 10,
         "rlnPixelSize": pixel, "rlnNrClasses": n_classes, "rlnNrBodies": 1, "rlnNrGroups": len(group_counts),
@@ -92,11 +92,11 @@ def model_blocks(model: Model, state: AutoRefineState, *, box: int, pixel: float
 
 
 def write_iteration(folder: Path, prefix: str, *, maps: dict[str, torch.Tensor], pixel: float,
-                    data: ParticleTable | None, models: dict[str, dict], state: dict) -> None:
-    """Write one iteration's files: `{prefix}_{name}.mrc`, `{prefix}_data.star`,
+                    data: ParticleTable | None, models: dict[str, dict], state: dict, map_suffix: str = ".mrc") -> None:
+    """Write one iteration's files: `{prefix}_{name}.mrc` (`.mrcs` for image stacks), `{prefix}_data.star`,
     `{prefix}_{name}model.star` and `{prefix}_state.json` (for --continue)."""
     for name, volume in maps.items():
-        write_map(folder / f"{prefix}_{name}.mrc", volume.float().numpy(), pixel)
+        write_map(folder / f"{prefix}_{name}{map_suffix}", volume.float().numpy(), pixel)
     for name, blocks in models.items():
         write_star_blocks(folder / f"{prefix}_{name}model.star", blocks)
     if data is not None:

@@ -94,3 +94,18 @@ def plot_class_projections(path: str | Path, volumes: list[np.ndarray], labels: 
             ax.set_yticks([])
             ax.set_title(f"{label}, {name}" if axis == 0 else name, fontsize=8)
     _save(fig, path)
+
+
+def plot_class_montage(path: str | Path, averages: np.ndarray, counts: np.ndarray, columns: int = 10) -> None:
+    """2D class averages (K, N, N) sorted by particle count (largest first), each titled with its
+    class number and count."""
+    order = np.argsort(-counts, kind="stable")
+    rows = int(np.ceil(len(order) / columns))
+    cols = min(columns, len(order))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.45 * rows + 0.2), dpi=100, squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, k in zip(axes.ravel(), order, strict=False):
+        ax.imshow(averages[k], cmap="gray", origin="lower")
+        ax.set_title(f"{k + 1}: {counts[k]}", fontsize=7)
+    _save(fig, path)
