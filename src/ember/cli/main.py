@@ -454,6 +454,75 @@ def class3d(
     console.print(f"wrote {model_star}")
 
 
+@app.command()
+@handles_errors
+def mask(
+    input_map: Annotated[Path, typer.Option("--i", help="Input map (.mrc) to threshold, e.g. a refinement's run_class001.mrc.")],
+    output: Annotated[Path, typer.Option("--o", help="Output mask (.mrc), values in [0, 1].")],
+    ini_threshold: Annotated[Optional[float], typer.Option("--ini_threshold", help="Binarise at map ≥ this value (default 0.01, as relion_mask_create).")] = None,
+    volume_angstrom3: Annotated[Optional[float], typer.Option("--volume_angstrom3", help="Instead: the level whose binary mask encloses this volume (Å³).")] = None,
+    mw_kda: Annotated[Optional[float], typer.Option("--mw_kda", help="Instead: the level enclosing this molecular weight (kDa) of protein at 1.35 g/cm³ (≈ 1230 Å³ per kDa).")] = None,
+    extend_inimask: Annotated[float, typer.Option("--extend_inimask", help="Extend the binary mask by this many pixels (negative: shrink).")] = 0.0,
+    width_soft_edge: Annotated[float, typer.Option("--width_soft_edge", help="Width of the raised-cosine soft edge in pixels.")] = 0.0,
+    lowpass: Annotated[Optional[float], typer.Option("--lowpass", help="Low-pass filter the map at this resolution (Å) before binarising.")] = None,
+    angpix: Annotated[Optional[float], typer.Option("--angpix", help="Pixel size in Å (default: the map header's).")] = None,
+) -> None:
+    """Make a soft solvent mask from a map, as relion_mask_create: (low-pass,) threshold, extend, soft edge.
+
+    Example: ember mask --i run_class001.mrc --lowpass 15 --ini_threshold 0.02 --extend_inimask 3 --width_soft_edge 6 --o mask.mrc
+    """
+    from ember.jobs.mask import MaskConfig, mask_job
+
+    result = mask_job(MaskConfig(
+        input=input_map, output=output, ini_threshold=ini_threshold, volume_angstrom3=volume_angstrom3, mw_kda=mw_kda,
+        extend_inimask=extend_inimask, width_soft_edge=width_soft_edge, lowpass=lowpass, angpix=angpix,
+    ))
+    typer.echo(f"level {result.level:.6g}: {result.voxels_inside:,} voxels inside (mask > 0.5), "
+               f"{result.volume_inside_angstrom3:,.0f} Å³")
+    typer.echo(f"wrote {result.output}")
+
+
+@app.command()
+@handles_errors
+def postprocess(
+    half1: Annotated[Path, typer.Option("--half1", help="Unfiltered half map 1 (.mrc), e.g. run_half1_class001_unfil.mrc.")],
+    half2: Annotated[Path, typer.Option("--half2", help="Unfiltered half map 2 (.mrc).")],
+    output: Annotated[Path, typer.Option("--o", help="Output folder: postprocess.mrc, postprocess_masked.mrc, postprocess.star, PNGs.")],
+    mask_path: Annotated[Optional[Path], typer.Option("--mask", help="Solvent mask (.mrc, values in [0, 1]; see ember mask).")] = None,
+    angpix: Annotated[Optional[float], typer.Option("--angpix", help="Pixel size in Å (default: the half maps' header).")] = None,
+    adhoc_bfac: Annotated[Optional[float], typer.Option("--adhoc_bfac", help="Sharpen with this B-factor (Å², negative sharpens) instead of the automatic one.")] = None,
+    autob_lowres: Annotated[float, typer.Option("--autob_lowres", help="Lowest resolution (Å) in the Guinier fit of the automatic B-factor.")] = 10.0,
+    autob_highres: Annotated[float, typer.Option("--autob_highres", help="Highest resolution (Å) in the fit (0: every shell the FSC weighting leaves, as RELION).")] = 0.0,
+    mtf: Annotated[Optional[Path], typer.Option("--mtf", help="Detector MTF STAR (rlnResolutionInversePixel, rlnMtfValue) to divide by.")] = None,
+    mtf_angpix: Annotated[Optional[float], typer.Option("--mtf_angpix", help="Pixel size (Å) of the micrographs the MTF refers to (default: --angpix).")] = None,
+    randomize_at_fsc: Annotated[float, typer.Option("--randomize_at_fsc", help="Randomise phases from where the unmasked FSC drops below this.")] = 0.8,
+    randomize_at_a: Annotated[Optional[float], typer.Option("--randomize_at_A", help="Instead: randomise phases from this resolution (Å).")] = None,
+    low_pass: Annotated[float, typer.Option("--low_pass", help="Low-pass the final map at this resolution (Å); 0: none (RELION's default), negative: at the final resolution.")] = 0.0,
+    skip_fsc_weighting: Annotated[bool, typer.Option("--skip_fsc_weighting", help="No FSC weighting √(2FSC/(1+FSC)).")] = False,
+    force_mask: Annotated[bool, typer.Option("--force_mask", help="Keep the masked FSC even where the unmasked one reaches further.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the phase randomisation (RELION's --random_seed: the same seed draws the same phases as relion_postprocess).")] = 0,
+) -> None:
+    """Solvent-corrected resolution and a sharpened map from two half maps, as relion_postprocess.
+
+    FSC of the masked halves corrected by phase randomisation, resolution at FSC 0.143, FSC
+    weighting, B-factor from the Guinier fit (10 Å to the limit) or --adhoc_bfac, optional MTF.
+
+    Example: ember postprocess --half1 run_half1_class001_unfil.mrc --half2 run_half2_class001_unfil.mrc --mask mask.mrc --o post/
+    """
+    from ember.jobs.postprocess import PostprocessConfig
+    from ember.jobs.postprocess import postprocess as run
+
+    result = run(PostprocessConfig(
+        half1=half1, half2=half2, output=output, mask=mask_path, angpix=angpix, adhoc_bfac=adhoc_bfac,
+        autob_lowres=autob_lowres, autob_highres=autob_highres, mtf=mtf, mtf_angpix=mtf_angpix,
+        randomize_at_fsc=randomize_at_fsc, randomize_at_angstrom=randomize_at_a, low_pass=low_pass,
+        skip_fsc_weighting=skip_fsc_weighting, force_mask=force_mask, seed=seed,
+    ))
+    typer.echo(f"final resolution: {result.final_resolution:.2f} Å (FSC 0.143)")
+    typer.echo(f"B-factor: {result.bfactor:.1f} Å²" + (" (Guinier fit)" if adhoc_bfac is None else " (ad hoc)"))
+    typer.echo(f"wrote {output / 'postprocess.mrc'}")
+
+
 @app.command("align-maps")
 @handles_errors
 def align_maps(

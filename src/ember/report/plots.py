@@ -109,3 +109,32 @@ def plot_class_montage(path: str | Path, averages: np.ndarray, counts: np.ndarra
         ax.imshow(averages[k], cmap="gray", origin="lower")
         ax.set_title(f"{k + 1}: {counts[k]}", fontsize=7)
     _save(fig, path)
+
+
+def plot_guinier(
+    path: str | Path,
+    x: np.ndarray,
+    curves: dict[str, np.ndarray],
+    *,
+    fit: tuple[float, float, float, float] | None = None,
+) -> None:
+    """Guinier plot: ln(shell-mean amplitude) (label → (N//2+1,) values, −99 = none) against 1/d² in
+    Å⁻²; `fit` = (slope Å², intercept, x from, x to) draws the fitted line over its range."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    for label, y in curves.items():
+        ok = (y > -99) & (x > 0)
+        ax.plot(x[ok], y[ok], label=label, lw=1.6)
+    if fit is not None:
+        slope, intercept, x0, x1 = fit
+        xs = np.array([x0, x1])
+        ax.plot(xs, intercept + slope * xs, "k--", lw=1.0, label=f"fit: B = {4 * slope:.1f} Å²")
+    ax.set_xlabel("1/d² (Å⁻²)")
+    ax.set_ylabel("ln(amplitude)")
+    top = ax.twiny()
+    top.set_xlim(ax.get_xlim())
+    ticks = [t for t in ax.get_xticks() if 0 < t <= x.max()]
+    top.set_xticks(ticks, [f"{1 / np.sqrt(t):.1f}" for t in ticks])
+    top.set_xlabel("resolution (Å)")
+    ax.set_title("Guinier plot", fontsize=10)
+    ax.legend(fontsize=8)
+    _save(fig, path)
