@@ -30,6 +30,7 @@ BAD_CALLS = {
                  "--particle_diameter", "100"], "missing.star"),
     "class2d": (["--i", "{d}/missing.star", "--o", "{d}/out", "--K", "2", "--particle_diameter", "100"],
                 "missing.star"),
+    "initial-model": (["--i", "{d}/missing.star", "--o", "{d}/out", "--particle_diameter", "100"], "missing.star"),
     "select": (["--i", "{d}/missing.star", "--o", "{d}/out", "--class", "1"], "missing.star"),
     "mask": (["--i", "{d}/missing.mrc", "--o", "{d}/out"], "missing.mrc"),
     "postprocess": (["--half1", "{d}/missing.mrc", "--half2", "{d}/h2.mrc", "--o", "{d}/out"], "missing.mrc"),

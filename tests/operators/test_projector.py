@@ -86,3 +86,10 @@ def test_window_crops_frequencies():
     inside = (k[:, None] ** 2 + k[None] ** 2) <= 64  # window W/2 = 8 is also a resolution mask
     torch.testing.assert_close(small[:, :8, :8][:, inside], full[:, :8, :8][:, inside])
     assert (small[:, :8, :8][:, ~inside] == 0).all()
+
+
+def test_volume_inverts_from_volume():
+    """Projector.volume() gives back the map from_volume() prepared (complex128: to rounding)."""
+    vol = blob_volume(24).double()
+    back = Projector.from_volume(vol, dtype=torch.complex128).volume()
+    assert float((back - vol).abs().max() / vol.abs().max()) < 1e-12

@@ -379,6 +379,49 @@ def class2d(
     console.print(f"wrote {averages}")
 
 
+@app.command("initial-model")
+@handles_errors
+def initial_model(
+    star: Annotated[Path, typer.Option("--i", help="Particle STAR file (RELION 3.0 or 3.1+).")],
+    output: Annotated[Path, typer.Option("--o", help="Output folder (RELION job layout: run_itNNN_*).")],
+    particle_diameter: Annotated[float, typer.Option("--particle_diameter", help="Particle diameter in Å (soft circular mask and solvent mask).")],
+    n_classes: Annotated[int, typer.Option("--K", "--k", help="Number of classes (one map each).")] = 1,
+    sym: Annotated[str, typer.Option("--sym", help="Only C1 for now: the model is built in C1.")] = "C1",
+    iterations: Annotated[int, typer.Option("--iter", help="Number of mini-batch iterations.")] = 200,
+    tau2_fudge: Annotated[float, typer.Option("--tau2_fudge", help="Final regularisation parameter T (rises from 1).")] = 4.0,
+    ini_high: Annotated[float, typer.Option("--ini_high", help="Resolution (Å) of the random-blob start.")] = 30.0,
+    healpix_order: Annotated[int, typer.Option("--healpix_order", help="HEALPix order (1 = 30° coarse, 15° after oversampling).")] = 1,
+    offset_range: Annotated[float, typer.Option("--offset_range", help="Translation search range in pixels.")] = 6.0,
+    offset_step: Annotated[float, typer.Option("--offset_step", help="Coarse translation step in pixels.")] = 2.0,
+    no_ctf: Annotated[bool, typer.Option("--no-ctf", help="Ignore the CTF columns.")] = False,
+    continue_from: Annotated[Optional[Path], typer.Option("--continue", help="Resume from the latest run_itNNN_state.json.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Particles per E-step batch (memory).")] = 64,
+    seed: Seed = 0,
+    device: Device = "cpu",
+    threads: Threads = None,
+    quiet: Quiet = False,
+) -> None:
+    """A 3D starting map from the particles alone (RELION's VDAM gradient scheme, no reference).
+
+    Writes run_itNNN_classNNN.mrc and run_itNNN_model.star every iteration, run_itNNN_data.star
+    every 10, initial_model.mrc (the largest class), resolution.png, class_sizes.png, classes.png.
+
+    Example: ember initial-model --i particles.star --particle_diameter 160 --o initial/
+    """
+    from ember.jobs.initial_model import InitialModelConfig
+    from ember.jobs.initial_model import initial_model as run
+
+    cfg = InitialModelConfig(
+        star=star, output=output, particle_diameter_angstrom=particle_diameter, n_classes=n_classes, symmetry=sym,
+        iterations=iterations, tau2_fudge=tau2_fudge, ini_high_angstrom=ini_high, healpix_order=healpix_order,
+        offset_range_px=offset_range, offset_step_px=offset_step, ctf=not no_ctf, batch_size=batch_size,
+        device=device, threads=threads, seed=seed, continue_from=continue_from,
+    )
+    with progress_bar("initial-model", quiet) as bar:
+        path = run(cfg, bar)
+    console.print(f"wrote {path}")
+
+
 @app.command()
 @handles_errors
 def select(

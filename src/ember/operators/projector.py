@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ember.maths.fourier import fft2_centered, fft3_centered, rfft_frequencies_2d
-from ember.operators.interpolation import gather, half_to_centred, half_to_centred_2d
+from ember.maths.fourier import fft2_centered, fft3_centered, ifft3_centered, rfft_frequencies_2d
+from ember.operators.interpolation import centred_to_half, gather, half_to_centred, half_to_centred_2d
 from ember.operators.masks import radius_grid
 
 
@@ -99,3 +99,13 @@ class Projector:
             points = (k3[None] @ rot[start : start + chunk]) * self.pad  # (R, K, 3): p = pad·Aᵀk
             out[start : start + chunk] = gather(self.spectrum, points)
         return out
+
+    def volume(self) -> torch.Tensor:
+        """The (N, N, N) float64 map whose `from_volume` is this projector's spectrum (3D only):
+        the inverse transform, windowed to N and with the gridding pre-correction undone."""
+        n, pad = self.box, self.pad
+        size = pad * n
+        padded = ifft3_centered(centred_to_half(self.spectrum.to(torch.complex128)) / (pad**3 * n), size)
+        o = size // 2 - n // 2
+        vol = padded[o : o + n, o : o + n, o : o + n]
+        return vol * gridding_kernel(n, pad, device=vol.device)

@@ -138,3 +138,14 @@ def plot_guinier(
     ax.set_title("Guinier plot", fontsize=10)
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def plot_resolution_history(path: str | Path, resolutions_angstrom: np.ndarray) -> None:
+    """Current resolution (Å) per iteration."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.4), dpi=110)
+    ax.plot(np.arange(1, len(resolutions_angstrom) + 1), resolutions_angstrom, lw=1.4)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("current resolution (Å)")
+    ax.invert_yaxis()
+    ax.set_title("resolution", fontsize=10)
+    _save(fig, path)
