@@ -34,6 +34,8 @@ BAD_CALLS = {
     "select": (["--i", "{d}/missing.star", "--o", "{d}/out", "--class", "1"], "missing.star"),
     "mask": (["--i", "{d}/missing.mrc", "--o", "{d}/out"], "missing.mrc"),
     "postprocess": (["--half1", "{d}/missing.mrc", "--half2", "{d}/h2.mrc", "--o", "{d}/out"], "missing.mrc"),
+    "local-resolution": (["--half1", "{d}/missing.mrc", "--half2", "{d}/h2.mrc", "--mask", "{d}/m.mrc",
+                          "--o", "{d}/out"], "missing.mrc"),
     "align-maps": (["{d}/missing.mrc", "{d}/missing2.mrc", "--o", "{d}/out"], "missing.mrc"),
     "demo": (["--n", "0", "--o", "{d}/out", "-q"], "--n must be"),
 }

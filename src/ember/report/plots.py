@@ -149,3 +149,16 @@ def plot_resolution_history(path: str | Path, resolutions_angstrom: np.ndarray) 
     ax.invert_yaxis()
     ax.set_title("resolution", fontsize=10)
     _save(fig, path)
+
+
+def plot_local_resolution_histogram(path: str | Path, resolutions_angstrom: np.ndarray, median: float) -> None:
+    """Histogram of local resolutions (Å) of the voxels inside the mask, with their median."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=110)
+    values = np.asarray(resolutions_angstrom, dtype=float)
+    ax.hist(values, bins=min(60, max(10, len(np.unique(np.round(values, 2))))), color="tab:blue", alpha=0.8)
+    ax.axvline(median, color="k", ls="--", lw=1.0, label=f"median {median:.2f} Å")
+    ax.set_xlabel("local resolution (Å)")
+    ax.set_ylabel("voxels inside the mask")
+    ax.set_title(f"Local resolution: {values.min():.2f}–{values.max():.2f} Å", fontsize=10)
+    ax.legend(fontsize=8)
+    _save(fig, path)
