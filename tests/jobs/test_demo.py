@@ -1,28 +1,34 @@
 import re
 
+import starfile
 import torch
 from matplotlib.image import imread
 from typer.testing import CliRunner
 
 from ember.cli.main import app
 from ember.io.mrc import read_map
-from ember.maths.fsc import fsc, resolution_shell
+from ember.jobs.align_maps import align_maps
 
 
-def test_demo_reconstructs_close_to_truth(tmp_path):
-    """`ember demo` end to end (600 particles, SNR 0.1, box 64 at 1.5 Å): the map it writes has an
-    FSC against the ground truth it writes above 0.5 to better than 4 Å (Nyquist 3 Å), and the
-    resolutions it prints are that curve's 0.5 and 0.143 crossings."""
-    res = CliRunner().invoke(app, ["demo", "--o", str(tmp_path), "--n", "600", "-q"])
+def test_quick_demo_determines_the_structure_from_unknown_orientations(tmp_path):
+    """`ember demo --quick` end to end (300 particles of 1AKE, box 32 at 2.5 Å, SNR 1): initial model
+    without a reference → refine3d → mask → postprocess. The refined map matches the ground truth
+    (FSC 0.5 after alignment) to better than 4 pixels, and the printed resolutions are the ones the
+    files hold."""
+    res = CliRunner().invoke(app, ["demo", "--quick", "--o", str(tmp_path), "-q"])
     assert res.exit_code == 0, res.output
-    rec, pixel = read_map(tmp_path / "reconstruct" / "map.mrc")
-    truth, _ = read_map(tmp_path / "simulate" / "truth.mrc")
-    curve = fsc(torch.from_numpy(rec).double(), torch.from_numpy(truth).double())
-    box = rec.shape[0]
-    d05, d0143 = (box * pixel / resolution_shell(curve, t) for t in (0.5, 0.143))
-    assert d05 < 4.0
-    printed = re.search(r"0\.5 at ([\d.]+) Å, 0\.143 at ([\d.]+) Å \(Nyquist ([\d.]+) Å\)", res.output)
+    for folder in ("simulate", "initial_model", "refine3d", "postprocess"):
+        assert (tmp_path / folder / "job.json").exists()
+    truth, pixel = read_map(tmp_path / "simulate" / "truth.mrc")
+    refined, _ = read_map(tmp_path / "refine3d" / "run_class001.mrc")
+    vs_truth = align_maps(truth, refined, pixel).fsc05_angstrom
+    assert vs_truth < 4 * pixel
+    general = starfile.read(tmp_path / "postprocess" / "postprocess.star")["general"]
+    printed = re.search(r"FSC 0\.143\): ([\d.]+) Å.*against the ground truth: FSC 0\.5 at ([\d.]+) Å", res.output,
+                        re.S)
     assert printed, res.output
-    assert [float(x) for x in printed.groups()] == [round(d05, 2), round(d0143, 2), 2 * pixel]
+    assert float(printed.group(1)) == round(float(general["rlnFinalResolution"]), 2)
+    assert float(printed.group(2)) == round(vs_truth, 2)
     png = imread(tmp_path / "fsc_vs_truth.png")
     assert png.ndim == 3 and png.std() > 0.01  # a decodable, non-blank plot
+    assert torch.isfinite(torch.from_numpy(read_map(tmp_path / "postprocess" / "postprocess.mrc")[0])).all()
