@@ -38,10 +38,10 @@ class DemoConfig:
     """Sizes of the demo (box in px, pixel in Å, diameter in Å); `quick` shrinks it for tests."""
 
     output: Path = Path("ember_demo")
-    n_particles: int = 2000
+    n_particles: int = 1000
     box: int = 32
     pixel_size: float = 2.5
-    snr: float = 0.1
+    snr: float = 0.5
     particle_diameter_angstrom: float = 70.0
     initial_iterations: int = 60
     refine_iterations: int = 50
