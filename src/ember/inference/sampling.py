@@ -142,6 +142,13 @@ def oversampled_children(grid: OrientationGrid, which: np.ndarray, oversampling:
     return OrientationGrid(angles, dirs, np.zeros(len(dirs), dtype=np.int64), fine_order, grid.n_psi * m)
 
 
+def uniform_direction_pdf(order: int, directions: np.ndarray) -> np.ndarray:
+    """(12·4ⁿ,) prior over the order-n HEALPix directions: uniform over `directions`, 0 elsewhere."""
+    pdf = np.zeros(12 * 4**order)
+    pdf[directions] = 1.0 / len(directions)
+    return pdf
+
+
 def translation_grid(offset_range_px: float, offset_step_px: float) -> np.ndarray:
     """(T, 2) translations (x, y) px on a square grid of `step` inside a disc of `range`."""
     n = int(math.ceil(offset_range_px / offset_step_px - 1e-9))

@@ -10,7 +10,6 @@ re-centring of the averages → new resolution → write `run_itNNN_*`.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -32,7 +31,7 @@ from ember.inference.sampling import next_perturbation, translation_grid
 from ember.inference.schedule import AutoRefineState, current_size, resolution_from_ssnr
 from ember.io.mrc import read_stack
 from ember.io.particles import ParticleDataSet
-from ember.jobs.common import select_device, write_job_json
+from ember.jobs.common import ParticleRun, config_dict, select_device, write_job_json
 from ember.jobs.refine_io import data_table, model_blocks, model_from_json, model_to_json, write_iteration
 from ember.maths.fourier import resolution_angstrom, shell_of_resolution
 from ember.operators.projector import Projector
@@ -88,7 +87,7 @@ class Class2DConfig:
 
 
 @dataclass
-class Run:
+class Run(ParticleRun):
     """What the loop carries between iterations; `history` (iterations, K) holds π_k per iteration."""
 
     cfg: Class2DConfig
@@ -98,18 +97,6 @@ class Run:
     results: ParticleResults
     ave_pmax: float = 0.0
     history: list[list[float]] = field(default_factory=list)
-
-    @property
-    def box(self) -> int:
-        return self.dataset.box
-
-    @property
-    def pixel(self) -> float:
-        return self.dataset.pixel_size
-
-    @property
-    def mask_radius_px(self) -> float:
-        return self.cfg.particle_diameter_angstrom / (2 * self.pixel)
 
 
 def class2d(cfg: Class2DConfig, progress=None) -> Path:
@@ -246,7 +233,7 @@ def write_outputs(run: Run, prefix: str) -> None:
     blocks = model_blocks(model, st, box=box, pixel=pixel, map_names=names, ave_pmax=run.ave_pmax,
                           loglik=float(run.results.loglik.sum()), acc_rot=999.0, acc_trans_angstrom=999.0,
                           tau2_fudge=run.cfg.tau2_fudge, group_counts=np.bincount(groups - 1), ref_dim=2)
-    state = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(run.cfg).items()},
+    state = {"config": config_dict(run.cfg),
              "state": st.to_dict(), "ave_pmax": run.ave_pmax, "history": run.history,
              "angles": run.results.angles[:, 2].tolist(), "models": [model_to_json(model)]}
     stack = torch.stack([r.float() for r in model.references])

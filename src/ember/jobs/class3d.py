@@ -10,7 +10,6 @@ a fixed angular sampling.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -27,11 +26,11 @@ from ember.inference.estep import EStepSettings
 from ember.inference.images import FrequencyWindow
 from ember.inference.model import Model, ParticleResults, SamplingState, Sums
 from ember.inference.mstep import ReferencePowerTau2, first_per_group, initial_sigma2, maximise, reference_tau2
-from ember.inference.sampling import asymmetric_unit, next_perturbation, translation_grid
+from ember.inference.sampling import asymmetric_unit, next_perturbation, translation_grid, uniform_direction_pdf
 from ember.inference.schedule import AutoRefineState, coarse_size, current_size, resolution_from_ssnr
 from ember.io.mrc import read_map
 from ember.io.particles import ParticleDataSet, check_map_matches
-from ember.jobs.common import select_device, write_job_json
+from ember.jobs.common import ParticleRun, config_dict, select_device, write_job_json
 from ember.jobs.refine_io import data_table, model_blocks, model_from_json, model_to_json, write_iteration
 from ember.maths.fourier import resolution_angstrom, shell_of_resolution
 from ember.maths.symmetry import symmetry_operators
@@ -90,7 +89,7 @@ class Class3DConfig:
 
 
 @dataclass
-class Run:
+class Run(ParticleRun):
     """What the loop carries between iterations; `history` (iterations, K) holds π_k per iteration."""
 
     cfg: Class3DConfig
@@ -102,18 +101,6 @@ class Run:
     directions: np.ndarray
     ave_pmax: float = 0.0
     history: list[list[float]] = field(default_factory=list)
-
-    @property
-    def box(self) -> int:
-        return self.dataset.box
-
-    @property
-    def pixel(self) -> float:
-        return self.dataset.pixel_size
-
-    @property
-    def mask_radius_px(self) -> float:
-        return self.cfg.particle_diameter_angstrom / (2 * self.pixel)
 
 
 def class3d(cfg: Class3DConfig, progress=None) -> Path:
@@ -146,7 +133,7 @@ def start(cfg: Class3DConfig) -> Run:
     symmetry = symmetry_operators(cfg.symmetry)
     directions = asymmetric_unit(cfg.healpix_order, symmetry)
     sigma2 = initial_sigma2(dataset, first_per_group(dataset), cfg.particle_diameter_angstrom / (2 * pixel))
-    pdf = _uniform_pdf(cfg.healpix_order, directions)
+    pdf = uniform_direction_pdf(cfg.healpix_order, directions)
     model = Model.initial([reference] * cfg.n_classes, sigma2, cfg.sigma_offset_angstrom, pdf,
                           int(dataset.group_numbers().max()))
     results = ParticleResults.empty(len(dataset), cfg.n_classes)
@@ -161,12 +148,6 @@ def start(cfg: Class3DConfig) -> Run:
                             resolution_shell=ini_shell, best_resolution_shell=ini_shell,
                             sigma_ang_deg=cfg.sigma_ang_deg)
     return Run(cfg, dataset, model, state, results, symmetry, directions)
-
-
-def _uniform_pdf(order: int, directions: np.ndarray) -> np.ndarray:
-    pdf = np.zeros(12 * 4**order)
-    pdf[directions] = 1.0 / len(directions)
-    return pdf
 
 
 def seed_classes(n: int, n_classes: int, seed: int) -> np.ndarray:
@@ -262,7 +243,7 @@ def write_outputs(run: Run, prefix: str) -> None:
                           ave_pmax=run.ave_pmax, loglik=float(run.results.loglik.sum()), acc_rot=st.acc_rot_deg,
                           acc_trans_angstrom=st.acc_trans_px * pixel, tau2_fudge=run.cfg.tau2_fudge,
                           group_counts=np.bincount(groups - 1))
-    state = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(run.cfg).items()},
+    state = {"config": config_dict(run.cfg),
              "state": st.to_dict(), "ave_pmax": run.ave_pmax, "history": run.history,
              "models": [model_to_json(model)]}
     write_iteration(out, prefix, maps=dict(zip(names, model.references, strict=True)), pixel=pixel, data=data,

@@ -33,10 +33,37 @@ def write_job_json(folder: Path, job: str, config: object) -> None:
         "ember_version": ember_version(),
         "command": sys.argv,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "settings": {k: _plain(v) for k, v in dataclasses.asdict(config).items()},
+        "settings": config_dict(config),
     }
     with atomic_path(folder / "job.json") as tmp:
         tmp.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def config_dict(config: object) -> dict:
+    """A job's settings as JSON-ready values (paths as strings, tuples as lists)."""
+    return {k: _plain(v) for k, v in dataclasses.asdict(config).items()}
+
+
+class ParticleRun:
+    """Geometry shared by the loop state of every particle job: needs `dataset` and
+    `cfg.particle_diameter_angstrom` (Å)."""
+
+    dataset: object
+    cfg: object
+
+    @property
+    def box(self) -> int:
+        return self.dataset.box
+
+    @property
+    def pixel(self) -> float:
+        """Pixel size in Å."""
+        return self.dataset.pixel_size
+
+    @property
+    def mask_radius_px(self) -> float:
+        """Radius of the particle mask in pixels."""
+        return self.cfg.particle_diameter_angstrom / (2 * self.pixel)
 
 
 def _plain(v: object) -> object:

@@ -10,7 +10,6 @@ V̂ ← V̂ + η_k·(F·ĝ − (1 − F)·V̂) → solvent flattening; σ², σ_
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -39,7 +38,7 @@ from ember.inference.schedule import AutoRefineState, coarse_size, current_size,
 from ember.io.atomic import atomic_path
 from ember.io.mrc import write_map
 from ember.io.particles import ParticleDataSet
-from ember.jobs.common import select_device, write_job_json
+from ember.jobs.common import ParticleRun, config_dict, select_device, write_job_json
 from ember.jobs.refine_io import data_table, model_blocks, model_from_json, model_to_json, write_iteration
 from ember.maths.fourier import resolution_angstrom, shell_of_resolution
 from ember.maths.rotations import matrix_to_euler, random_rotations
@@ -107,7 +106,7 @@ class Moments:
 
 
 @dataclass
-class Run:
+class Run(ParticleRun):
     cfg: InitialModelConfig
     dataset: ParticleDataSet
     model: Model
@@ -117,18 +116,6 @@ class Run:
     directions: np.ndarray
     history: list[list[float]] = field(default_factory=list)
     resolutions: list[float] = field(default_factory=list)
-
-    @property
-    def box(self) -> int:
-        return self.dataset.box
-
-    @property
-    def pixel(self) -> float:
-        return self.dataset.pixel_size
-
-    @property
-    def mask_radius_px(self) -> float:
-        return self.cfg.particle_diameter_angstrom / (2 * self.pixel)
 
 
 def initial_model(cfg: InitialModelConfig, progress=None) -> Path:
@@ -364,7 +351,7 @@ def write_outputs(run: Run, prefix: str, with_data: bool) -> None:
                           ave_pmax=float(run.results.pmax.mean()), loglik=float(run.results.loglik.sum()),
                           acc_rot=999.0, acc_trans_angstrom=999.0, tau2_fudge=tau2_fudge(st.iteration, run.cfg),
                           group_counts=np.bincount(groups - 1))
-    state = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(run.cfg).items()},
+    state = {"config": config_dict(run.cfg),
              "state": st.to_dict(), "history": run.history, "resolutions": run.resolutions,
              "angles": run.results.angles.tolist(), "offsets_px": run.results.offsets_px.tolist(),
              "models": [model_to_json(model)]}

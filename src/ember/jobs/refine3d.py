@@ -8,7 +8,6 @@ iteration at the full window joins the halves into `run_class001.mrc`.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -32,7 +31,13 @@ from ember.inference.mstep import (
     norm_corrections,
     unregularised_fsc,
 )
-from ember.inference.sampling import angular_step_deg, asymmetric_unit, next_perturbation, translation_grid
+from ember.inference.sampling import (
+    angular_step_deg,
+    asymmetric_unit,
+    next_perturbation,
+    translation_grid,
+    uniform_direction_pdf,
+)
 from ember.inference.schedule import (
     AutoRefineState,
     check_convergence,
@@ -44,7 +49,7 @@ from ember.inference.schedule import (
 )
 from ember.io.mrc import read_map
 from ember.io.particles import ParticleDataSet, check_map_matches
-from ember.jobs.common import select_device, write_job_json
+from ember.jobs.common import ParticleRun, config_dict, select_device, write_job_json
 from ember.jobs.refine_io import (
     data_table,
     model_blocks,
@@ -110,7 +115,7 @@ class Refine3DConfig:
 
 
 @dataclass
-class Run:
+class Run(ParticleRun):
     """What the loop carries between iterations."""
 
     cfg: Refine3DConfig
@@ -137,18 +142,6 @@ class Run:
         """(n, 2) px centres of the offset prior (rlnOriginX/YPriorAngst where set, else 0)."""
         given = self.dataset.prior_offsets_px()
         return None if given is None else np.nan_to_num(given, nan=0.0)
-
-    @property
-    def box(self) -> int:
-        return self.dataset.box
-
-    @property
-    def pixel(self) -> float:
-        return self.dataset.pixel_size
-
-    @property
-    def mask_radius_px(self) -> float:
-        return self.cfg.particle_diameter_angstrom / (2 * self.pixel)
 
 
 def refine3d(cfg: Refine3DConfig, progress=None) -> Path:
@@ -200,7 +193,7 @@ def start(cfg: Refine3DConfig) -> Run:
     symmetry = symmetry_operators(cfg.symmetry)
     directions = asymmetric_unit(cfg.healpix_order, symmetry)
     sigma2 = initial_sigma2(dataset, first_per_group(dataset), cfg.particle_diameter_angstrom / (2 * pixel))
-    pdf = uniform_pdf(cfg.healpix_order, directions)
+    pdf = uniform_direction_pdf(cfg.healpix_order, directions)
     n_scale = int(dataset.group_numbers().max())
     models = [Model.initial([reference], sigma2, cfg.sigma_offset_angstrom, pdf, n_scale) for _ in range(2)]
     results = ParticleResults.empty(n)
@@ -227,12 +220,6 @@ def split_halves(dataset: ParticleDataSet, seed: int) -> np.ndarray:
     subsets = np.ones(len(given), dtype=int)
     subsets[order[len(given) // 2 + len(given) % 2 :]] = 2
     return subsets
-
-
-def uniform_pdf(order: int, directions: np.ndarray) -> np.ndarray:
-    pdf = np.zeros(12 * 4**order)
-    pdf[directions] = 1.0 / len(directions)
-    return pdf
 
 
 def iterate(run: Run, progress=None) -> None:
@@ -356,7 +343,7 @@ def _update_sampling(run: Run, old_angles, old_offsets, fine_win, rng) -> None:
     if update_sampling(st, float(offset_change), cfg.auto_local_healpix_order):
         run.directions = asymmetric_unit(st.healpix_order, run.symmetry)
         for m in run.models:
-            m.pdf_direction = uniform_pdf(st.healpix_order, run.directions)[None]
+            m.pdf_direction = uniform_direction_pdf(st.healpix_order, run.directions)[None]
 
 
 def finish(run: Run, sums) -> None:
@@ -398,7 +385,7 @@ def write_outputs(run: Run, prefix: str, final_maps: dict | None = None) -> None
     else:
         maps = final_maps
         models = {"": model_blocks(run.models[0], st, map_names=["run_class001.mrc"], **common)}
-    state = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(run.cfg).items()},
+    state = {"config": config_dict(run.cfg),
              "state": st.to_dict(), "ave_pmax": run.ave_pmax, "subsets": run.subsets.tolist(),
              "models": [model_to_json(m) for m in run.models]}
     write_iteration(out, prefix, maps=maps, pixel=pixel, data=data, models=models, state=state)
