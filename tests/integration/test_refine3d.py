@@ -1,5 +1,6 @@
 """End-to-end gold-standard refinement on a small simulated data set (box 32, 600 particles)."""
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,6 +16,7 @@ from ember.jobs.refine3d import Refine3DConfig, refine3d
 from ember.jobs.simulate import SimulateConfig, simulate
 from ember.maths.fsc import fsc, resolution_shell
 from ember.maths.rotations import angular_distance_deg, euler_to_matrix
+from tests.report_check import assert_report, number
 
 MODEL = Path(__file__).parents[2] / "src" / "ember" / "data" / "1ake.cif"
 
@@ -86,6 +88,19 @@ def test_relion_job_layout(refined):
     halves = [torch.from_numpy(read_map(folder / f"run_half{h}_class001_unfil.mrc")[0]).double() for h in (1, 2)]
     mean_fsc = fsc((halves[0] + halves[1]) / 2, torch.from_numpy(read_map(final)[0]).double())
     assert mean_fsc[1:8].min() > 0.9
+
+
+def test_report_shows_the_run(refined, tmp_path):
+    """report.html of the final iteration: the resolution run_model.star holds, the per-iteration
+    history as long as the iterations, and every figure decodes (and renders, with Chromium)."""
+    _, final = refined
+    html = assert_report(final.parent / "report.html", tmp_path, 5)
+    general = starfile.read(final.parent / "run_model.star", always_dict=True)["model_general"]
+    assert number(html, "final resolution (half-map FSC 0.143)") == f"{float(general['rlnCurrentResolution']):.2f} Å"
+    iterations = len(list(final.parent.glob("run_it*_state.json")))
+    state = json.loads((final.parent / "run_state.json").read_text())
+    assert len(state["resolutions"]) == iterations + 1  # each iteration, then the final one
+    assert number(html, "iteration") == str(iterations + 1)
 
 
 def test_every_iteration_resolution_lies_inside_its_window(refined):

@@ -16,6 +16,7 @@ from ember.jobs.simulate import SimulateConfig, simulate
 from ember.maths.rotations import euler_to_matrix
 from ember.operators.forward import clean_images
 from ember.operators.projector import Projector
+from tests.report_check import assert_report, number
 
 BGAL = Path(__file__).parents[2].parent / "shared" / "data" / "structures" / "5a1a.cif.gz"
 VIEWS = np.array([[0.0, 0.0], [0.0, 90.0], [90.0, 90.0], [45.0, 45.0]])  # (rot, tilt) degrees
@@ -76,6 +77,10 @@ def test_class_averages_match_the_true_views(views, tmp_path):
     assert int(model["model_general"]["rlnReferenceDimensionality"]) == 2
     assert model["model_classes"]["rlnClassDistribution"].sum() == pytest.approx(1.0)
     assert (tmp_path / "classes.png").stat().st_size > 0
+    html = assert_report(tmp_path / "report.html", tmp_path, 3)
+    counts = np.bincount(found, minlength=4)
+    for k in range(4):
+        assert number(html, f"class {k + 1}").startswith(f"{counts[k]} particles")
 
 
 def test_random_subset_averages_start_different(views, tmp_path):

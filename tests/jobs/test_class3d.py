@@ -13,6 +13,7 @@ from ember.io.star import read_particles_star
 from ember.jobs.class3d import Class3DConfig, class3d, seed_classes
 from ember.jobs.simulate import SimulateConfig, simulate
 from ember.maths.fsc import fsc as fourier_shell_correlation
+from tests.report_check import assert_report, number
 
 BGAL = Path(__file__).parents[2].parent / "shared" / "data" / "structures" / "5a1a.cif.gz"
 runner = CliRunner()
@@ -62,6 +63,9 @@ def test_skip_align_separates_the_two_states(mixture, tmp_path):
         assert own > other
     for name in ("run_it020_model.star", "class_sizes.png", "classes.png", "job.json"):
         assert (tmp_path / name).stat().st_size > 0
+    html = assert_report(tmp_path / "report.html", tmp_path, 4)
+    for k in (1, 2):
+        assert number(html, f"class {k}").startswith(f"{sizes[k - 1]} particles")
 
 
 def test_first_iteration_aligns_each_particle_against_its_random_seed_class(mixture, tmp_path):

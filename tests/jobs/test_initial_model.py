@@ -4,12 +4,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import starfile
 
 import ember.jobs.initial_model as im
 from ember.io.mrc import read_map
 from ember.jobs.align_maps import align_maps
 from ember.jobs.initial_model import InitialModelConfig, batch_size, initial_model, step_size, tau2_fudge
 from ember.jobs.simulate import SimulateConfig, simulate
+from tests.report_check import assert_report, number
 
 BGAL = Path(__file__).parents[2].parent / "shared" / "data" / "structures" / "5a1a.cif.gz"
 
@@ -36,6 +38,9 @@ def test_initial_model_matches_the_truth_after_alignment(particles, tmp_path):
     assert start.fsc05_angstrom > 1.5 * found.fsc05_angstrom
     for name in ("run_it060_model.star", "run_it060_data.star", "resolution.png", "classes.png", "job.json"):
         assert (tmp_path / name).stat().st_size > 0
+    html = assert_report(tmp_path / "report.html", tmp_path, 5)
+    general = starfile.read(tmp_path / "run_it060_model.star")["model_general"]
+    assert number(html, "current resolution") == f"{float(general['rlnCurrentResolution']):.2f} Å"
 
 
 def test_continue_gives_the_uninterrupted_result(particles, tmp_path, monkeypatch):

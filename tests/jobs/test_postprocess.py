@@ -34,6 +34,7 @@ from ember.jobs.postprocess import (
     rfft3,
     shells_of,
 )
+from tests.report_check import assert_report, number
 
 FIXTURES = Path(__file__).resolve().parents[1] / "data" / "relion" / "postprocess"
 runner = CliRunner()
@@ -84,6 +85,8 @@ def test_parity_with_relion_auto_bfactor(tmp_path):
     for name in ("postprocess_fsc.png", "postprocess_guinier.png"):
         png = imread(out / name)
         assert png.ndim == 3 and png.std() > 0.01
+    html = assert_report(out / "report.html", tmp_path, 3)
+    assert number(html, "final resolution (FSC 0.143, masked, phase-randomisation corrected)") == f"{res_ref:.2f} Å"
 
 
 def test_parity_with_relion_mtf_and_adhoc_bfactor(tmp_path):

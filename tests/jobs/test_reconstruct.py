@@ -11,11 +11,12 @@ from ember.errors import EmberInputError
 from ember.io.mrc import read_map, write_map
 from ember.io.particles import ParticleDataSet
 from ember.io.star import ParticleTable, read_particles_star, write_particles_star
-from ember.jobs.reconstruct import ReconstructConfig, reconstruct
+from ember.jobs.reconstruct import ReconstructConfig, reconstruct, report_path
 from ember.jobs.simulate import SimulateConfig, simulate
 from ember.maths.fourier import fft2_centered, ifft2_centered
 from ember.maths.fsc import fsc, resolution_shell
 from ember.operators.ctf import particle_ctfs
+from tests.report_check import assert_report, number
 
 MODEL = Path(__file__).parents[2] / "src" / "ember" / "data" / "1ake.cif"
 
@@ -63,6 +64,10 @@ def test_halves_and_wiener(noisy, tmp_path):
     # Wiener filtering damps the noise-dominated shells relative to the unregularised map
     plain = reconstruct(ReconstructConfig(star=noisy, output=tmp_path / "p.mrc"))
     assert np.abs(full).sum() < np.abs(plain).sum()
+    html = assert_report(report_path(tmp_path / "w.mrc"), tmp_path, 3)  # FSC, sections, directions
+    below = np.flatnonzero(half_curve[1:].numpy() < 0.143)  # the last shell at or above 0.143
+    shell = int(below[0]) if len(below) else 16
+    assert number(html, "half-set resolution (FSC 0.143)") == f"{32 * 2.5 / shell:.2f} Å"
 
 
 def test_maxres_and_bad_options(noisy, tmp_path):

@@ -17,6 +17,7 @@ from ember.maths.rotations import euler_to_matrix
 from ember.operators.ctf import particle_ctfs
 from ember.operators.projector import Projector
 from tests.conftest import blob_volume
+from tests.report_check import assert_report, number
 
 
 def centred_blob_map(tmp_path: Path, n=32) -> Path:
@@ -52,6 +53,8 @@ def test_deterministic_under_seed_and_snr_as_defined(tmp_path):
     assert not np.array_equal(runs[0], runs[2])
     # SNR = signal variance / noise variance; noise variance 1 → total ≈ 1 + SNR
     assert runs[0].var(axis=(1, 2)).mean() == pytest.approx(1.5, rel=0.05)
+    html = assert_report(tmp_path / "a" / "report.html", tmp_path, 2)
+    assert number(html, "particles") == "300"
 
 
 def test_truth_map_and_star_reproduce_the_images(tmp_path):
@@ -76,6 +79,7 @@ def test_truth_map_and_star_reproduce_the_images(tmp_path):
         "job.json",
         "particles.mrcs",
         "particles.star",
+        "report.html",
         "truth.mrc",
     ]  # no temporaries left behind
 
@@ -128,8 +132,10 @@ def test_mixture_class_counts_follow_the_fractions(tmp_path):
     again = read_particles_star(simulate(SimulateConfig(**{**cfg.__dict__, "output": tmp_path / "t"}))).particles
     np.testing.assert_array_equal(again["rlnClassNumber"], classes)
     files = sorted(p.name for p in (tmp_path / "s").iterdir())
-    assert files == ["job.json", "particles.mrcs", "particles.star", "truth.mrc", "truth_class001.mrc",
-                     "truth_class002.mrc"]
+    assert files == ["job.json", "particles.mrcs", "particles.star", "report.html", "truth.mrc",
+                     "truth_class001.mrc", "truth_class002.mrc"]
+    assert number(assert_report(tmp_path / "s" / "report.html", tmp_path, 2), "states") == \
+        "1: 36 particles, 2: 9 particles"
     np.testing.assert_array_equal(read_map(tmp_path / "s" / "truth.mrc")[0],
                                   read_map(tmp_path / "s" / "truth_class001.mrc")[0])
 

@@ -563,7 +563,7 @@ def postprocess(
     ))
     typer.echo(f"final resolution: {result.final_resolution:.2f} Å (FSC 0.143)")
     typer.echo(f"B-factor: {result.bfactor:.1f} Å²" + (" (Guinier fit)" if adhoc_bfac is None else " (ad hoc)"))
-    typer.echo(f"wrote {output / 'postprocess.mrc'}")
+    typer.echo(f"wrote {output / 'postprocess.mrc'} and {output / 'report.html'}")
 
 
 @app.command("align-maps")
@@ -684,6 +684,7 @@ def demo(
     typer.echo(f"against the ground truth: FSC 0.5 at {result.resolution_vs_truth:.2f} Å{hand} "
                f"(Nyquist {2 * result.pixel_size:.2f} Å)")
     typer.echo(f"map: {result.final_map}; plot: {result.fsc_plot}")
+    typer.echo(f"report: {result.report} (open it in a web browser)")
 
 
 def main() -> None:

@@ -31,8 +31,17 @@ from ember.inference.sampling import next_perturbation, translation_grid
 from ember.inference.schedule import AutoRefineState, current_size, resolution_from_ssnr
 from ember.io.mrc import read_stack
 from ember.io.particles import ParticleDataSet
-from ember.jobs.common import ParticleRun, config_dict, select_device, write_job_json
-from ember.jobs.refine_io import data_table, model_blocks, model_from_json, model_to_json, write_iteration
+from ember.jobs.common import ParticleRun, config_dict, job_report, select_device, write_job_json
+from ember.jobs.refine_io import (
+    add_class_numbers,
+    add_iteration_numbers,
+    add_model_figures,
+    data_table,
+    model_blocks,
+    model_from_json,
+    model_to_json,
+    write_iteration,
+)
 from ember.maths.fourier import resolution_angstrom, shell_of_resolution
 from ember.operators.projector import Projector
 from ember.report.plots import plot_class_montage, plot_class_sizes
@@ -242,6 +251,15 @@ def write_outputs(run: Run, prefix: str) -> None:
     plot_class_sizes(out / "class_sizes.png", np.array(run.history))
     counts = np.bincount(run.results.classes, minlength=model.n_classes)
     plot_class_montage(out / "classes.png", stack.numpy(), counts)
+    report = job_report("class2d", f"class2d: iteration {st.iteration} ({out.name})", run.cfg)
+    add_iteration_numbers(report, st, n_particles=len(run.dataset), ave_pmax=run.ave_pmax,
+                          sigma_offset_angstrom=model.sigma_offset_angstrom, pixel=pixel, angular_step_deg=None)
+    report.number("in-plane sampling", f"{run.cfg.psi_step_deg / 2 ** run.cfg.oversampling:.2f}° (fine)")
+    add_class_numbers(report, model, counts, box=box, pixel=pixel)
+    report.figure("Class averages, largest first (class number: particles).", out / "classes.png")
+    report.figure("Class sizes π_k per iteration.", out / "class_sizes.png")
+    add_model_figures(report, model, box=box, pixel=pixel, labels=[])
+    report.write(out / "report.html")
 
 
 def resume(cfg: Class2DConfig) -> Run:

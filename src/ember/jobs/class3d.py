@@ -26,12 +26,27 @@ from ember.inference.estep import EStepSettings
 from ember.inference.images import FrequencyWindow
 from ember.inference.model import Model, ParticleResults, SamplingState, Sums
 from ember.inference.mstep import ReferencePowerTau2, first_per_group, initial_sigma2, maximise, reference_tau2
-from ember.inference.sampling import asymmetric_unit, next_perturbation, translation_grid, uniform_direction_pdf
+from ember.inference.sampling import (
+    angular_step_deg,
+    asymmetric_unit,
+    next_perturbation,
+    translation_grid,
+    uniform_direction_pdf,
+)
 from ember.inference.schedule import AutoRefineState, coarse_size, current_size, resolution_from_ssnr
 from ember.io.mrc import read_map
 from ember.io.particles import ParticleDataSet, check_map_matches
-from ember.jobs.common import ParticleRun, config_dict, select_device, write_job_json
-from ember.jobs.refine_io import data_table, model_blocks, model_from_json, model_to_json, write_iteration
+from ember.jobs.common import ParticleRun, config_dict, job_report, select_device, write_job_json
+from ember.jobs.refine_io import (
+    add_class_numbers,
+    add_iteration_numbers,
+    add_model_figures,
+    data_table,
+    model_blocks,
+    model_from_json,
+    model_to_json,
+    write_iteration,
+)
 from ember.maths.fourier import resolution_angstrom, shell_of_resolution
 from ember.maths.symmetry import symmetry_operators
 from ember.operators.filters import lowpass_raised_cosine
@@ -251,6 +266,16 @@ def write_outputs(run: Run, prefix: str) -> None:
     plot_class_sizes(out / "class_sizes.png", np.array(run.history))
     labels = [f"class {k + 1} ({100 * p:.0f} %)" for k, p in enumerate(model.class_prior)]
     plot_class_projections(out / "classes.png", [r.float().numpy() for r in model.references], labels)
+    report = job_report("class3d", f"class3d: iteration {st.iteration} ({out.name})", run.cfg)
+    add_iteration_numbers(report, st, n_particles=len(run.dataset), ave_pmax=run.ave_pmax,
+                          sigma_offset_angstrom=model.sigma_offset_angstrom, pixel=pixel,
+                          angular_step_deg=None if run.cfg.skip_align else angular_step_deg(st.healpix_order
+                                                                                             + st.oversampling))
+    add_class_numbers(report, model, np.bincount(run.results.classes, minlength=model.n_classes), box=box, pixel=pixel)
+    report.figure("Class sizes π_k per iteration.", out / "class_sizes.png")
+    report.figure("Projections of each class map.", out / "classes.png")
+    add_model_figures(report, model, box=box, pixel=pixel, labels=[f"class {k + 1}" for k in range(model.n_classes)])
+    report.write(out / "report.html")
 
 
 def resume(cfg: Class3DConfig) -> Run:

@@ -14,6 +14,7 @@ import torch
 
 from ember.errors import EmberInputError
 from ember.io.atomic import atomic_path
+from ember.report.html import Report
 
 Progress = Callable[[int, int], None]
 """progress(done, total): called after each batch; the CLI draws a bar from it."""
@@ -37,6 +38,16 @@ def write_job_json(folder: Path, job: str, config: object) -> None:
     }
     with atomic_path(folder / "job.json") as tmp:
         tmp.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def job_report(job: str, title: str, config: object) -> Report:
+    """An empty report.html page for `job`, with the command line and settings filled in."""
+    return Report(job, title, version=ember_version(), command=command_line(), settings=config_dict(config))
+
+
+def command_line() -> list[str]:
+    """argv as typed: `ember …` for the command line (also under `python -m ember`), else as given."""
+    return ["ember", *sys.argv[1:]] if Path(sys.argv[0]).name in ("ember", "__main__.py") else list(sys.argv)
 
 
 def config_dict(config: object) -> dict:

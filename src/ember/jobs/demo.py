@@ -14,14 +14,14 @@ import torch
 
 from ember.io.mrc import read_map
 from ember.jobs.align_maps import align_maps
-from ember.jobs.common import Progress
+from ember.jobs.common import Progress, job_report
 from ember.jobs.initial_model import InitialModelConfig, initial_model
 from ember.jobs.mask import MaskConfig, mask_job
 from ember.jobs.postprocess import PostprocessConfig, postprocess
 from ember.jobs.refine3d import Refine3DConfig, refine3d
 from ember.jobs.simulate import SimulateConfig, simulate
 from ember.maths.fsc import fsc
-from ember.report.plots import plot_fsc
+from ember.report.plots import figure_central_sections, plot_fsc
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ class DemoResult:
     pixel_size: float
     final_map: Path
     fsc_plot: Path
+    report: Path
 
 
 def demo(cfg: DemoConfig, progress: Progress | None = None) -> DemoResult:
@@ -95,5 +96,17 @@ def demo(cfg: DemoConfig, progress: Progress | None = None) -> DemoResult:
     plot_fsc(plot, {"refined map vs ground truth (aligned)": curve.numpy(),
                     "half maps (corrected, masked)": post.fsc_true}, box=truth.shape[0], pixel_size=pixel,
              title="ember demo: 1AKE from images in unknown orientations")
+    report = job_report("demo", "ember demo: adenylate kinase (1AKE) from images in unknown orientations", cfg)
+    report.number("final resolution (half maps, FSC 0.143, masked)", f"{post.final_resolution:.2f} Å")
+    report.number("resolution against the ground truth (FSC 0.5, after alignment)",
+                  f"{aligned.fsc05_angstrom:.2f} Å" + (" (the map came out mirrored)" if aligned.flipped else ""))
+    report.number("B-factor used for sharpening", f"{post.bfactor:.1f} Å²")
+    report.number("particles", f"{cfg.n_particles} at SNR {cfg.snr}, box {cfg.box} px, {pixel} Å/px")
+    for label, folder in (("simulate", "simulate"), ("initial-model", "initial_model"), ("refine3d", "refine3d"),
+                          ("postprocess", "postprocess")):
+        report.link(f"{label}: report", f"{folder}/report.html")
+    report.figure("The refined map against the ground truth (after alignment) and the half maps' corrected FSC.", plot)
+    report.figure("Central sections of the ground truth and of the refined map (aligned onto the truth).",
+                  figure_central_sections([truth, aligned.aligned], ["ground truth", "refined (aligned)"]))
     return DemoResult(post.final_resolution, post.bfactor, aligned.fsc05_angstrom, aligned.flipped, pixel, final_map,
-                      plot)
+                      plot, report.write(out / "report.html"))

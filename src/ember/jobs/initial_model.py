@@ -33,13 +33,22 @@ from ember.inference.mstep import (
     solvent_mask,
     update_sigma2,
 )
-from ember.inference.sampling import asymmetric_unit, next_perturbation, translation_grid
+from ember.inference.sampling import angular_step_deg, asymmetric_unit, next_perturbation, translation_grid
 from ember.inference.schedule import AutoRefineState, coarse_size, current_size, resolution_from_ssnr
 from ember.io.atomic import atomic_path
 from ember.io.mrc import write_map
 from ember.io.particles import ParticleDataSet
-from ember.jobs.common import ParticleRun, config_dict, select_device, write_job_json
-from ember.jobs.refine_io import data_table, model_blocks, model_from_json, model_to_json, write_iteration
+from ember.jobs.common import ParticleRun, config_dict, job_report, select_device, write_job_json
+from ember.jobs.refine_io import (
+    add_class_numbers,
+    add_iteration_numbers,
+    add_model_figures,
+    data_table,
+    model_blocks,
+    model_from_json,
+    model_to_json,
+    write_iteration,
+)
 from ember.maths.fourier import resolution_angstrom, shell_of_resolution
 from ember.maths.rotations import matrix_to_euler, random_rotations
 from ember.maths.symmetry import symmetry_operators
@@ -47,6 +56,7 @@ from ember.operators.filters import lowpass_raised_cosine
 from ember.operators.masks import soft_mask_outside
 from ember.operators.projector import Projector
 from ember.operators.reconstructor import Reconstructor
+from ember.report.html import Report
 from ember.report.plots import plot_class_projections, plot_class_sizes, plot_resolution_history
 
 logger = logging.getLogger(__name__)
@@ -365,6 +375,25 @@ def write_outputs(run: Run, prefix: str, with_data: bool) -> None:
         plot_resolution_history(out / "resolution.png", np.array(run.resolutions))
         labels = [f"class {k + 1} ({100 * p:.0f} %)" for k, p in enumerate(model.class_prior)]
         plot_class_projections(out / "classes.png", [r.float().numpy() for r in model.references], labels)
+        _report(run).write(out / "report.html")
+
+
+def _report(run: Run) -> Report:
+    """report.html: resolution per iteration, class sizes, projections, sections and spectra."""
+    out, st, model = Path(run.cfg.output), run.state, run.model
+    report = job_report("initial-model", f"initial-model: iteration {st.iteration} ({out.name})", run.cfg)
+    report.number("current resolution", f"{run.resolutions[-1]:.2f} Å" if run.resolutions else "—")
+    add_iteration_numbers(report, st, n_particles=len(run.dataset), ave_pmax=float(run.results.pmax.mean()),
+                          sigma_offset_angstrom=model.sigma_offset_angstrom, pixel=run.pixel,
+                          angular_step_deg=angular_step_deg(st.healpix_order + st.oversampling))
+    add_class_numbers(report, model, np.bincount(run.results.classes, minlength=model.n_classes), box=run.box,
+                      pixel=run.pixel)
+    report.figure("Current resolution per iteration.", out / "resolution.png")
+    report.figure("Class sizes π_k per iteration.", out / "class_sizes.png")
+    report.figure("Projections of each class map.", out / "classes.png")
+    add_model_figures(report, model, box=run.box, pixel=run.pixel,
+                      labels=[f"class {k + 1}" for k in range(model.n_classes)])
+    return report
 
 
 def resume(cfg: InitialModelConfig) -> Run:

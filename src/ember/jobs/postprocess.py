@@ -31,8 +31,10 @@ import torch
 from ember.errors import EmberInputError
 from ember.io.mrc import read_map, write_map
 from ember.io.star import read_star_blocks, write_star_blocks
-from ember.jobs.common import write_job_json
+from ember.jobs.common import job_report, write_job_json
 from ember.maths.fourier import fftw_frequencies
+from ember.report.html import Report
+from ember.report.plots import figure_central_sections, plot_fsc, plot_guinier
 
 logger = logging.getLogger(__name__)
 
@@ -571,8 +573,6 @@ def star_blocks(cfg: PostprocessConfig, r: PostprocessResult) -> dict[str, dict 
 
 
 def _write(cfg: PostprocessConfig, r: PostprocessResult) -> None:
-    from ember.report.plots import plot_fsc, plot_guinier
-
     out = Path(cfg.output)
     files = [out / "postprocess.mrc"]
     write_map(files[0], r.map, r.pixel_size)
@@ -605,4 +605,29 @@ def _write(cfg: PostprocessConfig, r: PostprocessResult) -> None:
     plot_guinier(files[-1], r.guinier_in.x, {k: g.y for k, g in lines.items()}, fit=fit)
     write_job_json(out, "postprocess", cfg)
     files.append(out / "job.json")
+    files.append(_report(cfg, r, files).write(out / "report.html"))
     r.files = files
+
+
+def _report(cfg: PostprocessConfig, r: PostprocessResult, files: list[Path]) -> Report:
+    """report.html: resolution and B-factor, the FSC curves, the Guinier plot and central sections."""
+    out = Path(cfg.output)
+    report = job_report("postprocess", f"postprocess: {out.name}", cfg)
+    report.number("final resolution (FSC 0.143" + (", masked, phase-randomisation corrected)" if cfg.mask else ")"),
+                  f"{r.final_resolution:.2f} Å")
+    report.number("B-factor used for sharpening", f"{r.bfactor:.1f} Å²" + (" (automatic, Guinier fit)"
+                                                                            if cfg.adhoc_bfac is None else " (given)"))
+    if cfg.adhoc_bfac is None:
+        report.number("Guinier fit correlation", f"{r.correlation:.3f}")
+    if cfg.mask is not None:
+        report.number("solvent fraction of the box (mask)", f"{r.frac_solvent_mask:.3f}")
+        report.number("phase randomisation from", f"{r.box * r.pixel_size / r.randomize_at:.2f} Å")
+    report.number("box, pixel size", f"{r.box} px, {r.pixel_size:.3f} Å/px")
+    report.figure("FSC curves: corrected, unmasked, masked and phase-randomised masked maps.",
+                  out / "postprocess_fsc.png")
+    report.figure("Guinier plot: log amplitudes against 1/d², with the fitted B-factor.",
+                  out / "postprocess_guinier.png")
+    maps = [r.map] + ([r.map_masked] if r.map_masked is not None else [])
+    report.figure("Central sections of the sharpened map (and of the masked map).",
+                  figure_central_sections(maps, ["postprocess.mrc", "postprocess_masked.mrc"][: len(maps)]))
+    return report

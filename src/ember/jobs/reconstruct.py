@@ -28,7 +28,7 @@ import torch
 from ember.errors import EmberInputError
 from ember.io.mrc import write_map
 from ember.io.particles import ParticleDataSet
-from ember.jobs.common import Progress, batches, select_device
+from ember.jobs.common import Progress, batches, job_report, select_device
 from ember.maths.fourier import (
     fft2_centered,
     hermitian_unique_mask_2d,
@@ -42,6 +42,8 @@ from ember.maths.rotations import euler_to_matrix
 from ember.maths.symmetry import symmetry_operators
 from ember.operators.ctf import particle_ctfs
 from ember.operators.reconstructor import Reconstructor, tau2_from_fsc
+from ember.report.html import Report
+from ember.report.plots import figure_angular_distribution, figure_central_sections, figure_fsc
 
 logger = logging.getLogger(__name__)
 
@@ -154,8 +156,9 @@ def reconstruct(cfg: ReconstructConfig, progress: Progress | None = None) -> np.
                 )
             r_max = shell_of_resolution(cfg.maxres_angstrom, box, pixel)
         make = lambda: Reconstructor(box, pad=cfg.pad, r_max=r_max, device=device)  # noqa: E731
+        half_fsc = None
         if cfg.wiener:
-            volume = _wiener(dataset, cfg, make, ops, progress)
+            volume, half_fsc = _wiener(dataset, cfg, make, ops, progress)
         else:
             indices = select_particles(dataset, cfg.subset)
             rec = make()
@@ -164,11 +167,41 @@ def reconstruct(cfg: ReconstructConfig, progress: Progress | None = None) -> np.
     finally:
         dataset.close()
     write_map(cfg.output, volume, pixel)
-    logger.info("wrote %s (%d particles, box %d, %.3f Å/px)", cfg.output, len(dataset), box, pixel)
+    report = _report(cfg, dataset, volume, half_fsc).write(report_path(cfg.output))
+    logger.info("wrote %s (%d particles, box %d, %.3f Å/px) and %s", cfg.output, len(dataset), box, pixel, report)
     return volume
 
 
-def _wiener(dataset, cfg: ReconstructConfig, make, ops, progress) -> np.ndarray:
+def report_path(output: Path) -> Path:
+    """`map.mrc` → `map_report.html` beside it (the job writes a file, not a folder)."""
+    output = Path(output)
+    return output.with_name(f"{output.stem}_report.html")
+
+
+def _report(cfg: ReconstructConfig, dataset: ParticleDataSet, volume: np.ndarray,
+            half_fsc: torch.Tensor | None) -> Report:
+    """report.html: the numbers, central sections, the angles used and, with --wiener, the halves' FSC."""
+    report = job_report("reconstruct", f"reconstruct: {Path(cfg.output).name}", cfg)
+    box, pixel = dataset.box, dataset.pixel_size
+    used = select_particles(dataset, cfg.subset)
+    report.number("particles", f"{len(used)}" + ("" if cfg.subset is None else f" (half {cfg.subset})"))
+    report.number("box, pixel size", f"{box} px, {pixel:.3f} Å/px")
+    report.number("optics groups", dataset.n_optics_groups)
+    report.number("symmetry", cfg.symmetry)
+    report.number("filter", "3D Wiener filter, τ² from the halves' FSC" if cfg.wiener else "none (RELION's default)")
+    if half_fsc is not None:
+        below = torch.nonzero(half_fsc[1:] < 0.143)
+        shell = int(below[0, 0]) if len(below) else box // 2
+        report.number("half-set resolution (FSC 0.143)", f"{box * pixel / max(shell, 1):.2f} Å")
+        report.figure("FSC between the reconstructions of the two random halves.",
+                      figure_fsc({"half 1 vs half 2": half_fsc.numpy()}, box=box, pixel_size=pixel))
+    report.figure("Central sections of the map.", figure_central_sections([volume], [Path(cfg.output).name]))
+    report.figure("Viewing directions used (from the STAR file).",
+                  figure_angular_distribution(dataset.angles_deg()[used]))
+    return report
+
+
+def _wiener(dataset, cfg: ReconstructConfig, make, ops, progress) -> tuple[np.ndarray, torch.Tensor]:
     halves = [make(), make()]
     total = len(dataset)
     done = 0
@@ -192,4 +225,4 @@ def _wiener(dataset, cfg: ReconstructConfig, make, ops, progress) -> np.ndarray:
     curve = fsc(maps[0].double(), maps[1].double())
     full.prepare(ops)
     tau2 = tau2_from_fsc(curve, full.sigma2_ref(), tau2_fudge=cfg.tau2_fudge, joined=True)
-    return full.reconstruct(tau2=tau2, tau2_fudge=cfg.tau2_fudge).cpu().numpy()
+    return full.reconstruct(tau2=tau2, tau2_fudge=cfg.tau2_fudge).cpu().numpy(), curve.cpu()

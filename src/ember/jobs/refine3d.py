@@ -49,8 +49,10 @@ from ember.inference.schedule import (
 )
 from ember.io.mrc import read_map
 from ember.io.particles import ParticleDataSet, check_map_matches
-from ember.jobs.common import ParticleRun, config_dict, select_device, write_job_json
+from ember.jobs.common import ParticleRun, config_dict, job_report, select_device, write_job_json
 from ember.jobs.refine_io import (
+    add_iteration_numbers,
+    add_model_figures,
     data_table,
     model_blocks,
     model_from_json,
@@ -63,7 +65,8 @@ from ember.operators.filters import lowpass_raised_cosine
 from ember.operators.projector import Projector
 from ember.operators.reconstructor import Reconstructor, join_low_resolution
 from ember.parallel import Ranks
-from ember.report.plots import plot_angular_distribution, plot_fsc
+from ember.report.html import Report
+from ember.report.plots import figure_resolution_history, plot_angular_distribution, plot_fsc
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +132,7 @@ class Run(ParticleRun):
     ave_pmax: float = 0.0
     norms: np.ndarray | None = None  # (n,) per-particle norm corrections (rlnNormCorrection)
     ranks: Ranks = field(default_factory=Ranks)  # processes sharing the particles (torchrun)
+    resolutions: list[float] = field(default_factory=list)  # Å, current resolution after each iteration
 
     @property
     def angle_priors(self) -> np.ndarray:
@@ -298,6 +302,7 @@ def iterate(run: Run, progress=None) -> None:
             run.models[h].avg_norm = float(run.norms[run.subsets == h + 1].mean()) if not cfg.no_halves \
                 else float(run.norms.mean())
     update_resolution(st, half_fsc, cfg.tau2_fudge)
+    run.resolutions.append(resolution_angstrom(st.resolution_shell, box, pixel))
     _update_sampling(run, old_angles, old_offsets, fine_win, rng)
     check_convergence(st)
     if run.ranks.is_root:
@@ -358,6 +363,7 @@ def finish(run: Run, sums) -> None:
     final = maximise(run.models[0], joint, GoldStandardTau2(half_fsc, cfg.tau2_fudge, joined=True),
                      symmetry=run.symmetry, mask_radius_px=None, fsc=half_fsc, update_noise=not cfg.maxcc)
     run.state.resolution_shell = _final_shell(half_fsc)
+    run.resolutions.append(resolution_angstrom(run.state.resolution_shell, box, run.pixel))
     run.models = [final, final]
     if run.ranks.is_root:
         write_outputs(run, "run", final_maps={"class001": final.references[0], "half1_class001_unfil": unfil[0],
@@ -387,11 +393,36 @@ def write_outputs(run: Run, prefix: str, final_maps: dict | None = None) -> None
         models = {"": model_blocks(run.models[0], st, map_names=["run_class001.mrc"], **common)}
     state = {"config": config_dict(run.cfg),
              "state": st.to_dict(), "ave_pmax": run.ave_pmax, "subsets": run.subsets.tolist(),
+             "resolutions": run.resolutions,
              "models": [model_to_json(m) for m in run.models]}
     write_iteration(out, prefix, maps=maps, pixel=pixel, data=data, models=models, state=state)
     curves = {"gold-standard FSC (halves)": run.models[0].fsc[0].numpy()}
     plot_fsc(out / "fsc.png", curves, box=box, pixel_size=pixel, title=f"{prefix}: half-map FSC")
     plot_angular_distribution(out / "angular_distribution.png", run.results.angles)
+    _report(run, prefix, final=final_maps is not None).write(out / "report.html")
+
+
+def _report(run: Run, prefix: str, final: bool) -> Report:
+    """report.html: resolution, sampling, FSC, resolution per iteration, angular distribution,
+    central sections and the σ²/τ² spectra."""
+    out, st, model = Path(run.cfg.output), run.state, run.models[0]
+    report = job_report("refine3d", f"refine3d: {'final map' if final else f'iteration {st.iteration}'} "
+                                    f"({out.name})", run.cfg)
+    res = resolution_angstrom(st.resolution_shell, run.box, run.pixel)
+    report.number("final resolution (half-map FSC 0.143)" if final else "current resolution", f"{res:.2f} Å")
+    report.number("maps", f"{prefix}_class001.mrc" if final else f"{prefix}_half1/2_class001.mrc")
+    add_iteration_numbers(report, st, n_particles=len(run.dataset), ave_pmax=run.ave_pmax,
+                          sigma_offset_angstrom=model.sigma_offset_angstrom, pixel=run.pixel,
+                          angular_step_deg=angular_step_deg(st.healpix_order + st.oversampling))
+    report.number("expected accuracy", f"{st.acc_rot_deg:.2f}° rotation, {st.acc_trans_px * run.pixel:.2f} Å "
+                                       "translation")
+    report.figure("Gold-standard FSC between the two independently refined half maps.", out / "fsc.png")
+    if run.resolutions:
+        report.figure("Current resolution after each iteration.", figure_resolution_history(np.array(run.resolutions)))
+    report.figure("Viewing directions of the particles (equal-area map).", out / "angular_distribution.png")
+    label = "final map" if final else "half 1"
+    add_model_figures(report, model, box=run.box, pixel=run.pixel, labels=[label])
+    return report
 
 
 def resume(cfg: Refine3DConfig) -> Run:
@@ -412,5 +443,5 @@ def resume(cfg: Refine3DConfig) -> Run:
     symmetry = symmetry_operators(cfg.symmetry)
     run = Run(cfg, dataset, np.array(saved["subsets"]), models, state, results, symmetry,
               asymmetric_unit(state.healpix_order, symmetry), saved["ave_pmax"],
-              norms=dataset.column("rlnNormCorrection", 1.0).copy())
+              norms=dataset.column("rlnNormCorrection", 1.0).copy(), resolutions=saved.get("resolutions", []))
     return run

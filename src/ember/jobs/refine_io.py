@@ -15,6 +15,8 @@ from ember.io.atomic import atomic_path
 from ember.io.mrc import write_map
 from ember.io.star import ParticleTable, write_particles_star, write_star_blocks
 from ember.maths.fourier import resolution_angstrom
+from ember.report.html import Report
+from ember.report.plots import figure_central_sections, figure_spectra
 
 
 def data_table(base: ParticleTable, results: ParticleResults, subsets: np.ndarray | None, pixel: float,
@@ -61,13 +63,11 @@ def model_blocks(model: Model, state: AutoRefineState, *, box: int, pixel: float
     freq = shells / (box * pixel)
     ang = [resolution_angstrom(int(i), box, pixel) for i in shells]
     complete = model.completeness if model.completeness is not None else torch.zeros((n_classes, len(shells)))
-    estimated, blocks = [], {}
+    estimated, blocks = class_resolutions_angstrom(model, box, pixel), {}
     for k in range(n_classes):
-        ssnr = model.ssnr[k].numpy()
-        below = np.flatnonzero(ssnr[1:] < 1)
-        estimated.append(resolution_angstrom(int(below[0]) if len(below) else box // 2, box, pixel))
         blocks[f"model_class_{k + 1}"] = pd.DataFrame({
-            "rlnSpectralIndex": shells, "rlnResolution": freq, "rlnAngstromResolution": ang, "rlnSsnrMap": ssnr,
+            "rlnSpectralIndex": shells, "rlnResolution": freq, "rlnAngstromResolution": ang,
+            "rlnSsnrMap": model.ssnr[k].numpy(),
             "rlnGoldStandardFsc": model.fsc[k].numpy(), "rlnFourierCompleteness": complete[k].numpy(),
             "rlnReferenceTau2": model.tau2[k].numpy(),
         })
@@ -119,3 +119,46 @@ def model_from_json(d: dict, references: list[torch.Tensor]) -> Model:
     return Model(references, t("sigma2_noise"), t("tau2"), t("fsc"), t("ssnr"), d["sigma_offset_angstrom"],
                  np.atleast_2d(d["pdf_direction"]), np.array(d.get("class_prior", [1.0])), d["rho"],
                  scale=np.array(d.get("scale", [1.0])), avg_norm=d.get("avg_norm", 1.0))
+
+
+def class_resolutions_angstrom(model: Model, box: int, pixel: float) -> list[float]:
+    """Per class (Å): the last shell before data_vs_prior (SSNR) first falls below 1
+    (RELION's rlnEstimatedResolution)."""
+    out = []
+    for k in range(model.n_classes):
+        below = np.flatnonzero(model.ssnr[k].numpy()[1:] < 1)
+        out.append(resolution_angstrom(int(below[0]) if len(below) else box // 2, box, pixel))
+    return out
+
+
+def add_class_numbers(report: Report, model: Model, counts: np.ndarray, *, box: int, pixel: float) -> None:
+    """One line per class: particles (most probable class), π_k and estimated resolution."""
+    for k, res in enumerate(class_resolutions_angstrom(model, box, pixel)):
+        report.number(f"class {k + 1}", f"{int(counts[k])} particles, π {100 * model.class_prior[k]:.1f} %, "
+                                        f"resolution {res:.2f} Å")
+
+
+def add_iteration_numbers(report: Report, state: AutoRefineState, *, n_particles: int, ave_pmax: float,
+                          sigma_offset_angstrom: float, pixel: float, angular_step_deg: float | None) -> None:
+    """The per-iteration figures every particle job shows: iteration, particles, <Pmax>, sampling."""
+    report.number("iteration", state.iteration)
+    report.number("particles", n_particles)
+    report.number("average Pmax", f"{ave_pmax:.3f}")
+    if angular_step_deg is not None:
+        local = f", local searches σ {state.sigma_ang_deg:.2f}°" if state.sigma_ang_deg else ""
+        report.number("angular sampling", f"HEALPix order {state.healpix_order} + {state.oversampling} "
+                                          f"oversampled = {angular_step_deg:.2f}°{local}")
+    report.number("offset search", f"±{state.offset_range_px * pixel:.1f} Å in {state.offset_step_px * pixel:.2f} Å "
+                                    f"steps; σ_offset {sigma_offset_angstrom:.2f} Å")
+    report.number("image size used (window)", f"{state.current_size} px")
+
+
+def add_model_figures(report: Report, model: Model, *, box: int, pixel: float, labels: list[str]) -> None:
+    """Central sections of each reference (3D) and the σ², τ² and SSNR spectra."""
+    if model.references[0].ndim == 3:
+        report.figure("Central sections of each map.",
+                      figure_central_sections([r.float().numpy() for r in model.references], labels))
+    report.figure("Noise power σ²(ν) per optics group, signal prior τ²(ν) and SSNR(ν) per class, learned from the "
+                  "data (per complex component; shells without a value are left out).",
+                  figure_spectra(model.sigma2_noise.numpy(), model.tau2.numpy(), model.ssnr.numpy(), box=box,
+                                 pixel_size=pixel))

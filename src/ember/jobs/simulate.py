@@ -30,11 +30,13 @@ from ember.errors import EmberInputError
 from ember.io.atomic_model import model_centroid, model_density, read_model
 from ember.io.mrc import StackWriter, read_map, write_map
 from ember.io.star import ParticleTable, read_particles_star, write_particles_star
-from ember.jobs.common import Progress, batches, write_job_json
+from ember.jobs.common import Progress, batches, job_report, write_job_json
 from ember.maths.rotations import euler_to_matrix, matrix_to_euler, random_rotations
 from ember.operators.ctf import CtfOptics, ctf_2d
 from ember.operators.forward import clean_images
 from ember.operators.projector import Projector
+from ember.report.html import Report
+from ember.report.plots import figure_central_sections, figure_image_montage
 
 logger = logging.getLogger(__name__)
 ANGLE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
@@ -300,6 +302,8 @@ def simulate(cfg: SimulateConfig, progress: Progress | None = None) -> Path:
                 gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + i)
                 images += torch.randn(images.shape, generator=gen)
             writer.write(start, images.numpy())
+            if start == 0:
+                shown = images[:8].numpy().copy()
             if progress:
                 progress(stop, cfg.n_particles)
     except BaseException:
@@ -313,11 +317,39 @@ def simulate(cfg: SimulateConfig, progress: Progress | None = None) -> Path:
     write_particles_star(out / "particles.star", particle_table(cfg, params, box, pixel, labels))
     plain = replace(cfg, map_path=tuple(str(p) for p in cfg.map_paths)) if len(cfg.map_paths) > 1 else cfg
     write_job_json(out, "simulate", plain)  # (several map paths as strings: JSON has no Path)
+    clean = (batch_images(0, len(shown)) * scale).numpy()
+    _report(cfg, plain, vols, scale, np.concatenate([clean, shown]), labels, pixel).write(out / "report.html")
     logger.info("simulated %d particles of box %d at %.3f Å/px into %s", cfg.n_particles, box, pixel, out)
     if len(vols) > 1:
         counts = np.bincount(labels, minlength=len(vols))
         logger.info("states: %s particles", ", ".join(f"{k + 1}: {c}" for k, c in enumerate(counts)))
     return out / "particles.star"
+
+
+def _report(cfg: SimulateConfig, settings: SimulateConfig, vols: list[np.ndarray], scale: float, examples: np.ndarray,
+            labels: np.ndarray, pixel: float) -> Report:
+    """report.html: the data set's numbers, the truth's central sections and example images,
+    (2n, N, N): n without noise, then the same n as written."""
+    out = Path(cfg.output)
+    report = job_report("simulate", f"simulate: {cfg.n_particles} particles ({out.name})", settings)
+    box = vols[0].shape[0]
+    report.number("particles", cfg.n_particles)
+    report.number("box, pixel size", f"{box} px, {pixel:.3f} Å/px")
+    report.number("SNR (signal variance / noise variance over the box)", "noise-free" if cfg.snr is None else cfg.snr)
+    if cfg.ctf:
+        report.number("defocus", f"{cfg.defocus_min_um}–{cfg.defocus_max_um} µm, {cfg.voltage_kv} kV, "
+                                 f"Cs {cfg.cs_mm} mm, amplitude contrast {cfg.amplitude_contrast}")
+    if len(vols) > 1:
+        counts = np.bincount(labels, minlength=len(vols))
+        report.number("states", ", ".join(f"{k + 1}: {c} particles" for k, c in enumerate(counts)))
+    names = ["truth"] if len(vols) == 1 else [f"state {k + 1}" for k in range(len(vols))]
+    report.figure("Central sections of the ground truth (truth.mrc; per state when several).",
+                  figure_central_sections([v * scale for v in vols], names))
+    n = len(examples) // 2
+    titles = [f"{i + 1} clean" for i in range(n)] + [f"{i + 1} as written" for i in range(n)]
+    report.figure("The first particles without noise (top, CTF applied) and as written to particles.mrcs (bottom).",
+                  figure_image_montage(examples, titles, columns=n))
+    return report
 
 
 def particle_table(

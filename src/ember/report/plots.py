@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -9,19 +10,20 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ember.io.atomic import atomic_path  # noqa: E402
 
 
-def plot_fsc(
-    path: str | Path,
+def figure_fsc(
     curves: dict[str, np.ndarray],
     *,
     box: int,
     pixel_size: float,
     thresholds: tuple[float, ...] = (0.5, 0.143),
     title: str = "Fourier shell correlation",
-) -> None:
+) -> Figure:
     """FSC curves (label → (N//2+1,) values) against spatial frequency in Å⁻¹."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     for label, curve in curves.items():
@@ -41,14 +43,22 @@ def plot_fsc(
     top.set_xlabel("resolution (Å)")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    return fig
+
+
+def plot_fsc(path: str | Path, curves: dict[str, np.ndarray], *, box: int, pixel_size: float,
+             thresholds: tuple[float, ...] = (0.5, 0.143), title: str = "Fourier shell correlation") -> None:
+    """`figure_fsc` as a PNG file."""
+    _save(figure_fsc(curves, box=box, pixel_size=pixel_size, thresholds=thresholds, title=title), path)
 
 
 def plot_angular_distribution(path: str | Path, angles_deg: np.ndarray) -> None:
-    """Histogram of viewing directions (rot vs tilt, degrees) as an equal-area map."""
+    """`figure_angular_distribution` as a PNG file."""
+    _save(figure_angular_distribution(angles_deg), path)
+
+
+def figure_angular_distribution(angles_deg: np.ndarray) -> Figure:
+    """Histogram of viewing directions (rot vs tilt, degrees; (n, 3)) as an equal-area map."""
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
     rot = angles_deg[:, 0]
     cos_tilt = np.cos(np.radians(angles_deg[:, 1]))
@@ -57,10 +67,7 @@ def plot_angular_distribution(path: str | Path, angles_deg: np.ndarray) -> None:
     ax.set_xlabel("rot (°)")
     ax.set_ylabel("cos(tilt)")
     ax.set_title("angular distribution", fontsize=10)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    return fig
 
 
 def _save(fig, path: str | Path) -> None:
@@ -70,12 +77,73 @@ def _save(fig, path: str | Path) -> None:
     plt.close(fig)
 
 
+def png_bytes(source: Figure | Path | str | bytes) -> bytes:
+    """PNG bytes of a matplotlib figure (rendered, then closed), of a PNG file, or bytes as given."""
+    if isinstance(source, bytes):
+        return source
+    if isinstance(source, Figure):
+        buf = io.BytesIO()
+        source.tight_layout()
+        source.savefig(buf, format="png")
+        plt.close(source)
+        return buf.getvalue()
+    return Path(source).read_bytes()
+
+
+def figure_central_sections(volumes: list[np.ndarray], labels: list[str]) -> Figure:
+    """Central sections (z, y, x = N/2) of each map (N, N, N): one row per map."""
+    fig, axes = plt.subplots(len(volumes), 3, figsize=(6.0, 2.0 * len(volumes) + 0.3), dpi=100, squeeze=False)
+    for row, vol, label in zip(axes, volumes, labels, strict=True):
+        c = vol.shape[0] // 2
+        for ax, section, name in zip(row, (vol[c], vol[:, c], vol[:, :, c]), ("z", "y", "x"), strict=True):
+            ax.imshow(section, cmap="gray", origin="lower")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"{label}, central {name} section" if name == "z" else f"central {name}", fontsize=8)
+    return fig
+
+
+def figure_image_montage(images: np.ndarray, titles: list[str], columns: int = 8) -> Figure:
+    """Images (n, N, N) in a grid, each with its title."""
+    rows = int(np.ceil(len(images) / columns))
+    cols = min(columns, len(images))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.45 * rows + 0.2), dpi=100, squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, img, title in zip(axes.ravel(), images, titles, strict=False):
+        ax.imshow(img, cmap="gray", origin="lower")
+        ax.set_title(title, fontsize=7)
+    return fig
+
+
+def figure_spectra(sigma2_noise: np.ndarray, tau2: np.ndarray, ssnr: np.ndarray, *, box: int,
+                   pixel_size: float) -> Figure:
+    """σ²(ν) per optics group (G, S), τ²(ν) and SSNR(ν) per class (K, S) against spatial
+    frequency (Å⁻¹), log scale; shells without a value (≤ 0) are left out."""
+    fig, axes = plt.subplots(1, 3, figsize=(11.0, 3.4), dpi=100)
+    panels = (("noise σ²(ν)", sigma2_noise, "group"), ("signal prior τ²(ν)", tau2, "class"),
+              ("SSNR(ν)", ssnr, "class"))
+    for ax, (title, rows, what) in zip(axes, panels, strict=True):
+        rows = np.atleast_2d(np.asarray(rows, dtype=float))
+        freq = np.arange(rows.shape[1]) / (box * pixel_size)
+        for i, row in enumerate(rows):
+            ok = row > 0
+            if ok.any():
+                ax.semilogy(freq[ok], row[ok], lw=1.3, label=f"{what} {i + 1}" if len(rows) > 1 else None)
+        ax.set_xlabel("spatial frequency (Å⁻¹)")
+        ax.set_title(title, fontsize=10)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    return fig
+
+
 def plot_class_sizes(path: str | Path, history: np.ndarray) -> None:
     """Class distribution π_k (fraction of particles) per iteration: history (iterations, K)."""
     fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=110)
     its = np.arange(1, len(history) + 1)
     for k in range(history.shape[1]):
         ax.plot(its, 100 * history[:, k], marker="o", ms=3, lw=1.4, label=f"class {k + 1}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("iteration")
     ax.set_ylabel("particles (%)")
     ax.set_ylim(0, 100)
@@ -140,15 +208,21 @@ def plot_guinier(
     _save(fig, path)
 
 
-def plot_resolution_history(path: str | Path, resolutions_angstrom: np.ndarray) -> None:
+def figure_resolution_history(resolutions_angstrom: np.ndarray) -> Figure:
     """Current resolution (Å) per iteration."""
     fig, ax = plt.subplots(figsize=(6.4, 3.4), dpi=110)
-    ax.plot(np.arange(1, len(resolutions_angstrom) + 1), resolutions_angstrom, lw=1.4)
+    ax.plot(np.arange(1, len(resolutions_angstrom) + 1), resolutions_angstrom, lw=1.4, marker="o", ms=3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("iteration")
     ax.set_ylabel("current resolution (Å)")
     ax.invert_yaxis()
     ax.set_title("resolution", fontsize=10)
-    _save(fig, path)
+    return fig
+
+
+def plot_resolution_history(path: str | Path, resolutions_angstrom: np.ndarray) -> None:
+    """Current resolution (Å) per iteration, as a PNG file."""
+    _save(figure_resolution_history(resolutions_angstrom), path)
 
 
 def plot_local_resolution_histogram(path: str | Path, resolutions_angstrom: np.ndarray, median: float) -> None:
