@@ -1,5 +1,6 @@
-"""Optics groups with different pixel sizes in one reconstruction (as RELION's relion_reconstruct):
-each group back-projected at its own pixel size onto the model grid of the first optics group."""
+"""Optics groups with different pixel sizes in one reconstruction (as RELION's relion_reconstruct)
+and one refinement (as RELION 3.1's relion_refine): each group compared with and back-projected
+into the model grid of the first optics group at its own pixel size and box."""
 
 import shutil
 import subprocess
@@ -8,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import starfile
 import torch
 from typer.testing import CliRunner
 
@@ -18,8 +20,10 @@ from ember.io.mrc import read_map, write_map
 from ember.io.particles import ParticleDataSet
 from ember.io.star import ParticleTable, read_particles_star, write_particles_star
 from ember.jobs.reconstruct import ReconstructConfig, reconstruct
+from ember.jobs.refine3d import Refine3DConfig, refine3d
 from ember.jobs.simulate import SimulateConfig, simulate
 from ember.maths.fsc import fsc
+from ember.maths.rotations import angular_distance_deg, euler_to_matrix
 
 MODEL = Path(__file__).parents[2] / "src" / "ember" / "data" / "1ake.cif"
 # (pixel size Å, box) of the two groups: the same map imaged at two magnifications
@@ -125,15 +129,54 @@ def test_other_jobs_refuse_mixed_pixel_sizes_in_one_line(mixed):
     assert "2.5" in str(err.value) and "2" in str(err.value) and "\n" not in str(err.value)
 
 
-def test_refine3d_cli_refuses_mixed_pixel_sizes(mixed, tmp_path):
-    out = tmp_path / "refine"
+def test_class3d_cli_refuses_mixed_pixel_sizes(mixed, tmp_path):
+    out = tmp_path / "class3d"
     ref = mixed.parent / "g1" / "truth.mrc"
-    args = ["refine3d", "--i", str(mixed), "--ref", str(ref), "--o", str(out), "--particle_diameter", "60"]
+    args = ["class3d", "--i", str(mixed), "--ref", str(ref), "--o", str(out), "--K", "2", "--particle_diameter", "60"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 2, res.output
     lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and "refine3d" in lines[0] and "rescale_angpix" in lines[0], res.output
+    assert len(lines) == 1 and "refine3d handle" in lines[0] and "rescale_angpix" in lines[0], res.output
     assert not out.exists() or not any(out.iterdir())
+
+
+def _refine(star: Path, reference: Path, out: Path) -> Path:
+    return refine3d(Refine3DConfig(star=star, reference=reference, output=out,
+                                   particle_diameter_angstrom=65.0, ini_high_angstrom=15.0, healpix_order=1,
+                                   auto_local_healpix_order=3, max_iterations=6, seed=3))
+
+
+@pytest.mark.parametrize("which", ["mixed", "mixed_boxes"])
+def test_refine3d_aligns_each_group_at_its_own_pixel_size(which, request, tmp_path):
+    """refine3d of two optics groups (2.5 Å and 2.0 Å pixels; box 32, or 32 and 40): the particles
+    of both groups get their true poses and their true offsets in Å, the σ² of each group is
+    written over its own shells, and the map uses both groups (closer to the truth than the
+    first group's particles refined alone)."""
+    star = request.getfixturevalue(which)
+    groups = GROUPS if which == "mixed" else BOX_GROUPS
+    truth_map = star.parent / "g1" / "truth.mrc"
+    final = _refine(star, truth_map, tmp_path / "both")
+    truth = read_particles_star(star).particles
+    data = read_particles_star(final.parent / "run_data.star").particles
+    cols = ["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]
+    err = angular_distance_deg(euler_to_matrix(torch.tensor(data[cols].to_numpy())),
+                               euler_to_matrix(torch.tensor(truth[cols].to_numpy()))).numpy()
+    shift = np.hypot(*(data[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy()
+                       - truth[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy()).T)
+    for g, (pixel, _) in enumerate(groups, start=1):
+        mine = (truth["rlnOpticsGroup"] == g).to_numpy()
+        print(f"group {g}: median angular error {np.median(err[mine]):.2f}°, shift {np.median(shift[mine]):.2f} Å")
+        assert np.median(err[mine]) < 10.0
+        assert np.median(shift[mine]) < 0.5 * pixel
+    model = starfile.read(final.parent / "run_model.star", always_dict=True)
+    for g, (pixel, box) in enumerate(groups, start=1):
+        table = model[f"model_optics_group_{g}"]
+        assert len(table) == box // 2 + 1
+        assert table["rlnResolution"].iloc[-1] == pytest.approx(1 / (2 * pixel))
+    alone = _refine(star.parent / "g1" / "particles.star", truth_map, tmp_path / "alone")
+    f_both, f_alone = (fsc_vs_truth(read_map(f)[0], truth_map)[SHELLS].mean().item() for f in (final, alone))
+    print(f"FSC vs truth, shells 2-14: both groups {f_both:.3f}, group 1 alone {f_alone:.3f}")
+    assert f_both > f_alone + 0.01
 
 
 def test_groups_with_different_boxes_reconstruct_together(mixed_boxes, tmp_path):

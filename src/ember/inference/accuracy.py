@@ -38,12 +38,12 @@ def expected_accuracy(
         c2 = particle_ctfs(dataset, indices, dtype=torch.float64).reshape(n, -1)[:, window.index] ** 2
     else:
         c2 = torch.ones((n, len(window.index)), dtype=torch.float64)
-    base = projector.project_frequencies(euler_to_matrix(torch.from_numpy(angles_deg)), window.k)  # (n, K)
+    base = projector.project_frequencies(euler_to_matrix(torch.from_numpy(angles_deg)), window.k_ref)  # (n, K)
     axis = rng.integers(0, 3, size=n)
     eps = torch.from_numpy(ANGLE_ERRORS)
     moved = np.repeat(angles_deg[:, None, :], len(eps), axis=1)  # (n, E, 3)
     moved[np.arange(n), :, axis] += ANGLE_ERRORS[None, :]
-    proj = projector.project_frequencies(euler_to_matrix(torch.from_numpy(moved.reshape(-1, 3))), window.k)
+    proj = projector.project_frequencies(euler_to_matrix(torch.from_numpy(moved.reshape(-1, 3))), window.k_ref)
     diff = (proj.reshape(n, len(eps), -1) - base[:, None]).abs().double() ** 2
     power = (diff * (w * c2)[:, None, :]).sum(-1)  # (n, E)
     acc_rot = _first_above(power, ANGLE_ERRORS, 30.0)

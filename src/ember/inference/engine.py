@@ -98,16 +98,52 @@ def run_expectation(
 
     prior_angles_deg : (n, 3) centres of local searches; prior_offsets_px : (n, 2) current origins
     (images are pre-centred by their rounded values); offset_priors_px : (n, 2) centres of the
-    offset prior (default 0); image_scales : (n,) factors on the images (norm correction avg/norm_j)."""
+    offset prior (default 0); image_scales : (n,) factors on the images (norm correction avg/norm_j).
+    Offsets, translations and the mask radius are in pixels of the reference (the first optics
+    group); optics groups of another box or pixel size are compared with the reference at their
+    own sampling (RELION's applyScaleDifference) and their offsets converted in and out."""
     r_max = settings.fine_window.size // 2
     with STAGES("coarse projections"):
         projectors = [reference_projector(ref, r_max) for ref in model.references]
-    shared, grid = None, None
-    if sampling.sigma_ang_deg is None and not fixed_poses:
-        shared = global_candidates(sampling, model, model.rho)
+    global_search = sampling.sigma_ang_deg is None and not fixed_poses
+    shared = global_candidates(sampling, model, model.rho) if global_search else None
+    box, pixel = dataset.box, dataset.pixel_size
+    for box_g, pixel_g, rows in dataset.size_classes(indices):
+        ratio = pixel / pixel_g  # reference px → this group's px
+        group_settings = _for_images(settings, box_g, pixel_g, (box * pixel) / (box_g * pixel_g), ratio)
+        offsets = prior_offsets_px * ratio if ratio != 1.0 else prior_offsets_px
+        centres = None if offset_priors_px is None else offset_priors_px * ratio
+        _expectation_of_rows(dataset, rows, model, sampling, group_settings, sums, results, projectors, shared,
+                             prior_angles_deg=prior_angles_deg, prior_offsets_px=offsets, offset_priors_px=centres,
+                             image_scales=image_scales, symmetry=symmetry, mask_radius_px=mask_radius_px * ratio,
+                             batch_size=batch_size, use_ctf=use_ctf, progress=progress, fixed_poses=fixed_poses)
+        if ratio != 1.0:
+            results.offsets_px[rows] /= ratio
+
+
+def _for_images(settings: EStepSettings, box: int, pixel: float, scale: float, ratio: float) -> EStepSettings:
+    """The settings for images of box N_g (px) at pixel a_g (Å): windows on their grid, whose
+    frequency k lies at k·scale on the reference's; translations in their pixels."""
+    if scale == 1.0 and ratio == 1.0 and box == settings.fine_window.box:
+        return settings
+    return dataclasses.replace(
+        settings, coarse_window=settings.coarse_window.for_images(box, scale),
+        fine_window=settings.fine_window.for_images(box, scale), translations_px=settings.translations_px * ratio,
+        offset_step_px=settings.offset_step_px * ratio, pixel_size=pixel)
+
+
+def _expectation_of_rows(dataset: ParticleDataSet, indices: np.ndarray, model: Model, sampling: SamplingState,
+                         settings: EStepSettings, sums: Sums, results: ParticleResults, projectors: list[Projector],
+                         shared: Candidates | None, *, prior_angles_deg: np.ndarray, prior_offsets_px: np.ndarray,
+                         offset_priors_px: np.ndarray | None, image_scales: np.ndarray | None, symmetry: torch.Tensor,
+                         mask_radius_px: float, batch_size: int, use_ctf: bool,
+                         progress: Callable[[int], None] | None, fixed_poses: bool) -> None:
+    """`run_expectation` for particles of one box and pixel size (settings on their grid)."""
+    grid = None
+    if shared is not None:
         with STAGES("coarse projections"):
             proj_c = Projections.of(project_rows(projectors, shared.matrices, shared.classes,
-                                                 settings.coarse_window.k))
+                                                 settings.coarse_window.k_ref))
         if settings.oversampling > 0 and FineGrid.fits(len(shared.table), settings.oversampling, settings.fine_window):
             grid = FineGrid.build(shared, settings.oversampling, settings.fine_window)
     log_pi = _log(model.class_prior)
@@ -124,7 +160,7 @@ def run_expectation(
             cand = cand.with_classes(log_pi)
             with STAGES("coarse projections"):
                 proj = Projections.of(project_rows(projectors, cand.matrices, cand.classes,
-                                                   settings.coarse_window.k))
+                                                   settings.coarse_window.k_ref))
         else:
             cand, proj = shared, proj_c
         expectation(batch, model, projectors, cand, proj, settings, sums, results, grid)

@@ -413,7 +413,7 @@ def expectation(
     are shared and back-projection sums stay per fine row until the end of the E-step; pass 2 is
     then dense GEMMs over the whole fine grid when many coarse samples are significant, or sparse
     per-sample products when few are (whichever costs fewer operations)."""
-    box = projectors[0].box
+    box = batch.masked.shape[-2]  # the images' box (N_g of their optics group)
     n_b = len(batch)
     # ---- pass 1: coarse rows × coarse translations at the coarse window
     with STAGES("pass 1: coarse scores"):
@@ -514,7 +514,7 @@ def _fine_pass(batch, model, projectors, cand, st, sig_b, sig_t, sig_r, sig_prio
         children = oversampled_children(cand.table, uniq_r.numpy(), os_)
         mats = _child_matrices(cand, uniq_r, children, n_child)
         classes = cand.classes[uniq_r].repeat_interleave(n_child)
-        proj = Projections.of(project_rows(projectors, mats, classes, win.k))  # (U·nr, K)
+        proj = Projections.of(project_rows(projectors, mats, classes, win.k_ref))  # (U·nr, K)
         rows = inv_r[:, None] * n_child + torch.arange(n_child)[None]  # (S, nr)
     nt = shifts.n_child
     n_t = len(st.translations_px)
@@ -561,7 +561,7 @@ def _add_residuals(sums: Sums, results: ParticleResults, batch: ImageBatch, shel
         g = batch.group[:, None].expand_as(per_image)
         sums.sigma2.index_put_((g.reshape(-1), shell[None].expand_as(per_image).reshape(-1)),
                                per_image.reshape(-1).double(), accumulate=True)
-        sums.sigma2.index_add_(0, batch.group, beyond)
+        sums.sigma2[:, : beyond.shape[1]].index_add_(0, batch.group, beyond)  # (the images' own shells)
         sums.n_images.index_add_(0, batch.group, gamma_image.double())
     results.residual_power[batch.indices] = (per_image.sum(dim=1) + beyond.sum(dim=1)).numpy()
 
@@ -578,7 +578,7 @@ def _add_scale_sums(sums: Sums, batch: ImageBatch, px: Pixels, product: torch.Te
 
 def _scale_shells(model: Model, win: FrequencyWindow) -> torch.Tensor:
     """(K_classes, K) pixels whose shell has data_vs_prior > 3 for each class."""
-    return (model.ssnr > 3)[:, win.shell]
+    return (model.ssnr > 3)[:, win.ref_shell]
 
 
 def _sparse(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
@@ -635,7 +635,7 @@ def _accumulate(batch: ImageBatch, model: Model, st: EStepSettings, fine: FineSa
         grid.data.index_add_(0, used, data)
         grid.weight.index_add_(0, used, weight)
     else:
-        insert_rows(sums, data, weight, fine.matrices[used], fine.classes[used], win.k)
+        insert_rows(sums, data, weight, fine.matrices[used], fine.classes[used], win.k_ref)
     g_img = torch.zeros(n_b, dtype=torch.float64).index_add_(0, b, gamma)
     if residuals:
         # Σγ|sCP|² per (image, class)
@@ -729,7 +729,7 @@ class FineGrid:
             return
         n_child = len(self.parent) // len(self.projected)
         rows = (todo[:, None] * n_child + torch.arange(n_child)[None]).reshape(-1)
-        new = Projections.of(project_rows(projectors, self.matrices[rows], self.classes[rows], window.k))
+        new = Projections.of(project_rows(projectors, self.matrices[rows], self.classes[rows], window.k_ref))
         self.proj.real[rows] = new.real
         self.proj.abs2[rows] = new.abs2
         self.projected[todo] = True
@@ -739,7 +739,7 @@ class FineGrid:
         return n_coarse * 8**oversampling * len(window.k) * 24 < budget_bytes  # proj and sums, float32
 
     def insert_into(self, sums: Sums, window: FrequencyWindow) -> None:
-        insert_rows(sums, self.data, self.weight, self.matrices, self.classes, window.k)
+        insert_rows(sums, self.data, self.weight, self.matrices, self.classes, window.k_ref)
 
 
 def _dense_fine(batch, model, st, significant, prior_t, cand, grid: FineGrid, fine_shifts: FineShifts, sums,

@@ -18,22 +18,51 @@ from ember.operators.masks import soft_sphere
 class FrequencyWindow:
     """The Fourier pixels used at window size W: |k| ≤ W/2, without the kx = 0, ky < 0 mates.
 
-    index : (K,) flat indices into the (N, N//2+1) half transform; k : (K, 2) float (kx, ky);
-    shell : (K,) long shell index on the N grid
+    box : N of the images' (N, N//2+1) half transform; index : (K,) flat indices into it;
+    k : (K, 2) float (kx, ky) in cycles per image box; shell : (K,) long shell index on the image
+    grid; k_ref : (K, 2) the same frequencies on the reference's grid (k·scale, ALGORITHM §1.6:
+    optics groups whose box or pixel size differ from the reference's); scale : that factor.
     """
 
     size: int
     index: torch.Tensor
     k: torch.Tensor
     shell: torch.Tensor
+    box: int = 0
+    k_ref: torch.Tensor | None = None
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.k_ref is None:
+            object.__setattr__(self, "k_ref", self.k)
 
     @classmethod
-    def build(cls, box: int, size: int, device=None) -> FrequencyWindow:
+    def build(cls, box: int, size: int, device=None, *, scale: float = 1.0, ref_size: int | None = None
+              ) -> FrequencyWindow:
+        """Window W = `size` on an N = `box` image grid; with `scale`, also only frequencies whose
+        reference-grid shell round(|k|·scale) is ≤ ref_size/2."""
         k = rfft_frequencies_2d(box, device=device)
         shells = shell_index(k)
         keep = (shells <= size // 2) & hermitian_unique_mask_2d(box, device=device)
+        if scale != 1.0 and ref_size is not None:
+            keep &= shell_index(k * scale) <= ref_size // 2
         flat = torch.nonzero(keep.reshape(-1)).squeeze(1)
-        return cls(size, flat, k.reshape(-1, 2)[flat].to(torch.float64), shells.reshape(-1)[flat])
+        k = k.reshape(-1, 2)[flat].to(torch.float64)
+        return cls(size, flat, k, shells.reshape(-1)[flat], box, k * scale if scale != 1.0 else k, scale)
+
+    def for_images(self, box: int, scale: float) -> FrequencyWindow:
+        """This window (W on the reference grid) for images of box N_g whose frequency k lies at
+        k·scale on the reference grid, scale = (N·a)/(N_g·a_g) (RELION's applyScaleDifference):
+        W_g = 2·round(W/(2·scale)) image pixels, at most N_g."""
+        if box == self.box and scale == 1.0:
+            return self
+        size = min(box, 2 * round(self.size / (2 * scale)))
+        return FrequencyWindow.build(box, size, device=self.k.device, scale=scale, ref_size=self.size)
+
+    @property
+    def ref_shell(self) -> torch.Tensor:
+        """(K,) shell of each frequency on the reference grid."""
+        return self.shell if self.scale == 1.0 else shell_index(self.k_ref)
 
 
 def npix_per_shell(box: int) -> torch.Tensor:
@@ -124,14 +153,15 @@ def prepare_batch(
         images = images * torch.as_tensor(image_scale, dtype=torch.float64, device=device)[:, None, None]
     t0 = np.rint(offsets_px).astype(np.int64)
     centred = roll_images(images, torch.from_numpy(t0).to(device))
-    mask = soft_sphere(dataset.box, mask_radius_px, mask_edge_px, ndim=2, device=device)
+    mask = soft_sphere(images.shape[-1], mask_radius_px, mask_edge_px, ndim=2, device=device)
     outside = 1 - mask
     background = (centred * outside).sum(dim=(1, 2), keepdim=True) / outside.sum().clamp(min=1e-12)
     masked = centred * mask + background * outside
     if use_ctf and dataset.has_ctf:
         ctf = particle_ctfs(dataset, indices, device=device, dtype=torch.float64)
     else:
-        ctf = torch.ones((len(indices), dataset.box, dataset.box // 2 + 1), dtype=torch.float64, device=device)
+        n = images.shape[-1]
+        ctf = torch.ones((len(indices), n, n // 2 + 1), dtype=torch.float64, device=device)
     priors = np.zeros((len(indices), 2)) if offset_priors_px is None else offset_priors_px
     return ImageBatch(
         indices=np.asarray(indices),

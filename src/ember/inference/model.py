@@ -92,9 +92,11 @@ class Sums:
 
     @classmethod
     def empty(cls, box: int, n_classes: int, n_groups: int, n_directions: int, *, pad: int = 2,
-              r_max: int | None = None, n_scale_groups: int = 1, ndim: int = 3) -> Sums:
+              r_max: int | None = None, n_scale_groups: int = 1, ndim: int = 3, n_shells: int | None = None) -> Sums:
+        """Zero sums; σ² over `n_shells` (default N/2+1; the largest optics group's N_g/2+1 when
+        groups have other boxes)."""
         return cls([Reconstructor(box, pad=pad, r_max=r_max, ndim=ndim) for _ in range(n_classes)],
-                   torch.zeros((n_groups, box // 2 + 1), dtype=torch.float64),
+                   torch.zeros((n_groups, n_shells or box // 2 + 1), dtype=torch.float64),
                    torch.zeros(n_groups, dtype=torch.float64), np.zeros((n_classes, n_directions)),
                    np.zeros(n_classes), signal_product=np.zeros(n_scale_groups),
                    reference_power=np.zeros(n_scale_groups), scale_weight=np.zeros(n_scale_groups))

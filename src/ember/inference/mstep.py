@@ -82,16 +82,25 @@ def reference_tau2(projector: Projector) -> torch.Tensor:
     return total / count.clamp(min=1)
 
 
-def update_sigma2(sums: Sums, previous: torch.Tensor) -> torch.Tensor:
-    """σ²_g(i) = Σγ|residual|²_i / (2·Σγ·Npix(i)) per optics group (G, S); tiny values take the
-    previous shell's value; a group without images keeps its previous spectrum."""
-    npix = npix_per_shell(previous.shape[-1] * 2 - 2)
+def update_sigma2(sums: Sums, previous: torch.Tensor, group_boxes: list[int] | None = None) -> torch.Tensor:
+    """σ²_g(i) = Σγ|residual|²_i / (2·Σγ·Npix_g(i)) per optics group (G, S), Npix_g on each group's
+    own image grid (`group_boxes`, default N = 2S − 2 for all); tiny values take the previous
+    shell's value; a group without images keeps its previous spectrum."""
+    npix = _npix_per_group(group_boxes or [previous.shape[-1] * 2 - 2] * len(previous), previous.shape[-1])
     sigma2 = sums.sigma2 / (2 * sums.n_images.clamp(min=1e-12)[:, None] * npix.clamp(min=1))
     for i in range(1, sigma2.shape[1]):
         tiny = sigma2[:, i] < 1e-14
         sigma2[tiny, i] = sigma2[tiny, i - 1]
     sigma2[:, 0] = torch.where(sigma2[:, 0] < 1e-14, previous[:, 0], sigma2[:, 0])
     return torch.where((sums.n_images > 0)[:, None], sigma2, previous)
+
+
+def _npix_per_group(boxes: list[int], n_shells: int) -> torch.Tensor:
+    """(G, S) unique half-transform pixels per shell of each group's N_g grid (0 beyond N_g/2)."""
+    out = torch.zeros((len(boxes), n_shells), dtype=torch.float64)
+    for g, box in enumerate(boxes):
+        out[g, : box // 2 + 1] = npix_per_shell(box)[:n_shells]
+    return out
 
 
 def maximise(
@@ -105,9 +114,11 @@ def maximise(
     update_noise: bool = True,
     fix_sigma_offset: bool = False,
     update_scale: bool = False,
+    group_boxes: list[int] | None = None,
 ) -> Model:
     """New references (Wiener filter with τ² from the policy), σ², σ_offset, pdf_direction, π_k and
-    (with `update_scale`) the intensity scale of each group."""
+    (with `update_scale`) the intensity scale of each group; `group_boxes` : each optics group's
+    image box when they differ."""
     refs, tau2s, ssnrs, complete = [], [], [], []
     for k, rec in enumerate(sums.reconstructors):
         rec.prepare(symmetry)
@@ -120,7 +131,7 @@ def maximise(
         ssnrs.append(ssnr)
         complete.append(rec.completeness(tau2, tau2_policy.tau2_fudge))
     n_img = float(sums.n_images.sum())
-    sigma2 = update_sigma2(sums, model.sigma2_noise) if update_noise and n_img > 0 else model.sigma2_noise
+    sigma2 = update_sigma2(sums, model.sigma2_noise, group_boxes) if update_noise and n_img > 0 else model.sigma2_noise
     sigma_off = model.sigma_offset_angstrom
     if not fix_sigma_offset and n_img > 0:
         sigma_off = float(np.sqrt(max(sums.offset_sq / (2 * n_img), MIN_SIGMA2_OFFSET)))
@@ -154,24 +165,30 @@ def norm_corrections(old: np.ndarray, residual_power: np.ndarray, avg_norm: floa
 
 def initial_sigma2(dataset, indices: np.ndarray, mask_radius_px: float) -> torch.Tensor:
     """σ²_g(i) = ⟨|X|²⟩_shell/2 − |⟨X⟩|²_shell/2 over masked particles `indices` of each optics
-    group g (ALGORITHM §4.8) → (G, S); a group without particles among `indices` gets the mean."""
-    box = dataset.box
-    win = FrequencyWindow.build(box, box)
+    group g (ALGORITHM §4.8), each on its own image grid → (G, S), S the largest group's N_g/2+1;
+    a group without particles among `indices` gets the mean. `mask_radius_px` in pixels of the
+    first group."""
     n_groups = dataset.n_optics_groups
-    power = torch.zeros((n_groups, len(win.index)), dtype=torch.float64)
-    mean = torch.zeros((n_groups, len(win.index)), dtype=torch.complex128)
-    zero = np.zeros((len(dataset), 2))
     group = torch.from_numpy(dataset.optics_group_index()).long()
-    for start in range(0, len(indices), 256):
-        idx = indices[start : start + 256]
-        x = prepare_batch(dataset, idx, zero[idx], mask_radius_px=mask_radius_px, use_ctf=False).masked
-        x = x.reshape(len(idx), -1)[:, win.index]
-        power.index_add_(0, group[idx], x.abs() ** 2)
-        mean.index_add_(0, group[idx], x)
+    boxes = [o.box for o in dataset.optics_groups]
+    sigma2 = torch.zeros((n_groups, max(boxes) // 2 + 1), dtype=torch.float64)
+    zero = np.zeros((len(dataset), 2))
     n = torch.bincount(group[indices], minlength=n_groups).double()
-    per_pixel = (power / n.clamp(min=1)[:, None] - (mean / n.clamp(min=1)[:, None]).abs() ** 2) / 2
-    npix = npix_per_shell(box)
-    sigma2 = torch.zeros((n_groups, box // 2 + 1), dtype=torch.float64).index_add_(1, win.shell, per_pixel) / npix
+    for box, pixel, rows in dataset.size_classes(indices):
+        win = FrequencyWindow.build(box, box)
+        power = torch.zeros((n_groups, len(win.index)), dtype=torch.float64)
+        mean = torch.zeros((n_groups, len(win.index)), dtype=torch.complex128)
+        for start in range(0, len(rows), 256):
+            idx = rows[start : start + 256]
+            x = prepare_batch(dataset, idx, zero[idx], mask_radius_px=mask_radius_px * dataset.pixel_size / pixel,
+                              use_ctf=False).masked
+            x = x.reshape(len(idx), -1)[:, win.index]
+            power.index_add_(0, group[idx], x.abs() ** 2)
+            mean.index_add_(0, group[idx], x)
+        per_pixel = (power / n.clamp(min=1)[:, None] - (mean / n.clamp(min=1)[:, None]).abs() ** 2) / 2
+        mine = torch.unique(group[rows])
+        shells = torch.zeros((n_groups, box // 2 + 1), dtype=torch.float64).index_add_(1, win.shell, per_pixel)
+        sigma2[mine, : box // 2 + 1] = shells[mine] / npix_per_shell(box)
     for i in range(1, sigma2.shape[1]):
         bad = sigma2[:, i] <= 0
         sigma2[bad, i] = sigma2[bad, i - 1]

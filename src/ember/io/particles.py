@@ -142,6 +142,17 @@ class ParticleDataSet:
         """Whether all optics groups share one pixel size and box."""
         return len({(o.pixel_size, o.box) for o in self.optics_groups}) == 1
 
+    def size_classes(self, indices: np.ndarray) -> list[tuple[int, float, np.ndarray]]:
+        """Particles `indices` split by their optics groups' (box px, pixel Å): [(N_g, a_g, rows)],
+        in order of first appearance; one entry when all groups share one size."""
+        indices = np.asarray(indices, dtype=np.int64)
+        boxes = np.array([o.box for o in self.optics_groups])[self._group_index[indices]]
+        pixels = self._group_pixel[indices]
+        out = []
+        for box, pixel in dict.fromkeys(zip(boxes.tolist(), pixels.tolist(), strict=True)):
+            out.append((int(box), float(pixel), indices[(boxes == box) & (pixels == pixel)]))
+        return out
+
     def pixel_sizes(self) -> np.ndarray:
         """(n,) float64: each particle's optics-group pixel size (Å)."""
         return self._group_pixel.copy()
@@ -229,8 +240,8 @@ class ParticleDataSet:
             sizes = ", ".join(f"group {int(n)}: {p:g} Å, {b} px" for n, p, b in listed)
             raise EmberInputError(
                 self.star_path,
-                f"optics groups with different pixel or box sizes ({sizes}) are not yet supported in refine3d "
-                "(only ember reconstruct handles them)",
+                f"optics groups with different pixel or box sizes ({sizes}) are not yet supported by this job "
+                "(ember reconstruct and refine3d handle them)",
                 "rescale the particles to one pixel size and box (relion_image_handler --rescale_angpix "
                 "--new_box) or re-extract them at one pixel size",
             )

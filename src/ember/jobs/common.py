@@ -72,6 +72,11 @@ class ParticleRun:
         return self.dataset.pixel_size
 
     @property
+    def group_sizes(self) -> list[tuple[int, float]]:
+        """(box px, pixel Å) of each optics group."""
+        return [(o.box, o.pixel_size) for o in self.dataset.optics_groups]
+
+    @property
     def mask_radius_px(self) -> float:
         """Radius of the particle mask in pixels."""
         return self.cfg.particle_diameter_angstrom / (2 * self.pixel)

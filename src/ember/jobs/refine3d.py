@@ -143,9 +143,12 @@ class Run(ParticleRun):
 
     @property
     def offset_priors(self) -> np.ndarray | None:
-        """(n, 2) px centres of the offset prior (rlnOriginX/YPriorAngst where set, else 0)."""
+        """(n, 2) centres of the offset prior (rlnOriginX/YPriorAngst where set, else 0), in pixels
+        of the reference."""
         given = self.dataset.prior_offsets_px()
-        return None if given is None else np.nan_to_num(given, nan=0.0)
+        if given is None:
+            return None
+        return np.nan_to_num(given, nan=0.0) * self.dataset.pixel_sizes()[:, None] / self.pixel
 
 
 def refine3d(cfg: Refine3DConfig, progress=None) -> Path:
@@ -187,7 +190,7 @@ def _loop(run: Run, progress) -> None:
 
 
 def start(cfg: Refine3DConfig) -> Run:
-    dataset = ParticleDataSet.from_star(cfg.star)
+    dataset = ParticleDataSet.from_star(cfg.star, mixed_sizes=True)
     ref, ref_pixel = read_map(cfg.reference)
     check_map_matches(cfg.reference, ref.shape[0], ref_pixel, dataset)
     n, box, pixel = len(dataset), dataset.box, dataset.pixel_size
@@ -203,13 +206,18 @@ def start(cfg: Refine3DConfig) -> Run:
     results = ParticleResults.empty(n)
     if all(c in dataset.table.particles for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")):
         results.angles[:] = dataset.angles_deg()
-    results.offsets_px[:] = dataset.offsets_px()
+    results.offsets_px[:] = reference_offsets_px(dataset)
     state = AutoRefineState(iteration=0, healpix_order=cfg.healpix_order, oversampling=cfg.oversampling,
                             offset_range_px=cfg.offset_range_px, offset_step_px=cfg.offset_step_px,
                             resolution_shell=ini_shell, best_resolution_shell=ini_shell,
                             sigma_ang_deg=cfg.sigma_ang_deg)
     return Run(cfg, dataset, subsets, models, state, results, symmetry, directions,
                norms=dataset.column("rlnNormCorrection", 1.0).copy())
+
+
+def reference_offsets_px(dataset: ParticleDataSet) -> np.ndarray:
+    """(n, 2) rlnOriginX/YAngst in pixels of the reference (the first optics group's pixel size)."""
+    return dataset.offsets_px() * dataset.pixel_sizes()[:, None] / dataset.pixel_size
 
 
 def split_halves(dataset: ParticleDataSet, seed: int) -> np.ndarray:
@@ -245,7 +253,9 @@ def iterate(run: Run, progress=None) -> None:
     n_dirs = 12 * 4**st.healpix_order
     groups = run.dataset.n_optics_groups
     n_scale = len(run.models[0].scale)
-    sums = [Sums.empty(box, 1, groups, n_dirs, r_max=st.current_size // 2, n_scale_groups=n_scale) for _ in range(2)]
+    n_shells = max(b for b, _ in run.group_sizes) // 2 + 1
+    sums = [Sums.empty(box, 1, groups, n_dirs, r_max=st.current_size // 2, n_scale_groups=n_scale, n_shells=n_shells)
+            for _ in range(2)]
     weighting = CrossCorrelation() if cfg.maxcc else Marginalisation()
     done = 0
     mine = []
@@ -291,7 +301,8 @@ def iterate(run: Run, progress=None) -> None:
     half_fsc = unregularised_fsc(recs[0], recs[1])
     tau2 = GoldStandardTau2(half_fsc, cfg.tau2_fudge)
     common = dict(symmetry=run.symmetry, mask_radius_px=run.mask_radius_px, fsc=half_fsc,
-                  update_noise=weighting.updates_noise, update_scale=cfg.scale and not cfg.maxcc)
+                  update_noise=weighting.updates_noise, update_scale=cfg.scale and not cfg.maxcc,
+                  group_boxes=[b for b, _ in run.group_sizes])
     if cfg.no_halves:
         m = maximise(run.models[0], _joined(sums, box, st.current_size // 2), tau2, **common)
         run.models = [m, m]
@@ -339,12 +350,17 @@ def _update_sampling(run: Run, old_angles, old_offsets, fine_win, rng) -> None:
     offset_change = np.sqrt(((run.results.offsets_px - old_offsets) ** 2).sum(1).mean() / 2)
     update_hidden_changes(st, float(changes.mean()), float(offset_change))
     if not cfg.maxcc:
-        sample = rng.choice(len(run.subsets), size=min(100, len(run.subsets)), replace=False)
         model = run.models[0]
+        sample, sigma2 = rng.choice(len(run.subsets), size=min(100, len(run.subsets)), replace=False), \
+            model.sigma2_noise
+        if not run.dataset.uniform_sizes:  # the accuracy is estimated on images of the reference's size
+            ref_groups = [g for g, (b, a) in enumerate(run.group_sizes) if b == run.box and abs(a - run.pixel) < 1e-6]
+            same = np.flatnonzero(np.isin(run.dataset.optics_group_index(), ref_groups))
+            sample, sigma2 = rng.choice(same, size=min(100, len(same)), replace=False), sigma2[ref_groups]
         projector = Projector.from_volume(model.references[0], r_max=fine_win.size // 2)
         st.acc_rot_deg, st.acc_trans_px = expected_accuracy(
-            projector, model.sigma2_noise.mean(dim=0), run.dataset, sample, run.results.angles[sample], fine_win,
-            rng, cfg.ctf)
+            projector, sigma2.mean(dim=0)[: run.box // 2 + 1], run.dataset, sample, run.results.angles[sample],
+            fine_win,             rng, cfg.ctf)
     if update_sampling(st, float(offset_change), cfg.auto_local_healpix_order):
         run.directions = asymmetric_unit(st.healpix_order, run.symmetry)
         for m in run.models:
@@ -361,7 +377,8 @@ def finish(run: Run, sums) -> None:
     half_fsc = unregularised_fsc(recs[0], recs[1])
     unfil = [r.reconstruct().double() for r in recs]
     final = maximise(run.models[0], joint, GoldStandardTau2(half_fsc, cfg.tau2_fudge, joined=True),
-                     symmetry=run.symmetry, mask_radius_px=None, fsc=half_fsc, update_noise=not cfg.maxcc)
+                     symmetry=run.symmetry, mask_radius_px=None, fsc=half_fsc, update_noise=not cfg.maxcc,
+                     group_boxes=[b for b, _ in run.group_sizes])
     run.state.resolution_shell = _final_shell(half_fsc)
     run.resolutions.append(resolution_angstrom(run.state.resolution_shell, box, run.pixel))
     run.models = [final, final]
@@ -383,7 +400,7 @@ def write_outputs(run: Run, prefix: str, final_maps: dict | None = None) -> None
     acc = (st.acc_rot_deg, st.acc_trans_px * pixel)
     common = dict(box=box, pixel=pixel, ave_pmax=run.ave_pmax, loglik=float(run.results.loglik.sum()),
                   acc_rot=acc[0], acc_trans_angstrom=acc[1], tau2_fudge=run.cfg.tau2_fudge,
-                  group_counts=np.bincount(groups - 1))
+                  group_counts=np.bincount(groups - 1), group_sizes=run.group_sizes)
     if final_maps is None:
         maps = {f"half{h + 1}_class001": run.models[h].references[0] for h in (0, 1)}
         models = {f"half{h + 1}_": model_blocks(run.models[h], st, map_names=[f"{prefix}_half{h + 1}_class001.mrc"],
@@ -432,13 +449,13 @@ def resume(cfg: Refine3DConfig) -> Run:
         raise EmberInputError(path, "file not found", "give a run_itNNN_state.json written by refine3d")
     saved = json.loads(path.read_text())
     prefix = path.name.removesuffix("_state.json")
-    dataset = ParticleDataSet.from_star(path.parent / f"{prefix}_data.star")
+    dataset = ParticleDataSet.from_star(path.parent / f"{prefix}_data.star", mixed_sizes=True)
     refs = [torch.from_numpy(read_map(path.parent / f"{prefix}_half{h}_class001.mrc")[0]).double() for h in (1, 2)]
     models = [model_from_json(d, [r]) for d, r in zip(saved["models"], refs, strict=True)]
     state = AutoRefineState(**saved["state"])
     results = ParticleResults.empty(len(dataset))
     results.angles[:] = dataset.angles_deg()
-    results.offsets_px[:] = dataset.offsets_px()
+    results.offsets_px[:] = reference_offsets_px(dataset)
     results.pmax[:] = dataset.column("rlnMaxValueProbDistribution", 0.0)
     symmetry = symmetry_operators(cfg.symmetry)
     run = Run(cfg, dataset, np.array(saved["subsets"]), models, state, results, symmetry,

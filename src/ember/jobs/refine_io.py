@@ -43,9 +43,12 @@ def data_table(base: ParticleTable, results: ParticleResults, subsets: np.ndarra
 
 def model_blocks(model: Model, state: AutoRefineState, *, box: int, pixel: float, map_names: list[str],
                  ave_pmax: float, loglik: float, acc_rot: float, acc_trans_angstrom: float, tau2_fudge: float,
-                 group_counts: np.ndarray, ref_dim: int = 3) -> dict:
+                 group_counts: np.ndarray, ref_dim: int = 3, group_sizes: list[tuple[int, float]] | None = None
+                 ) -> dict:
     """The blocks of a RELION model.star: model_general, model_classes, model_class_k,
-    model_optics_group_g, model_groups, model_pdf_orient_class_k (ALGORITHM §10.4)."""
+    model_optics_group_g, model_groups, model_pdf_orient_class_k (ALGORITHM §10.4); each optics
+    group's σ² over its own image shells (`group_sizes`: (box px, pixel Å) per group, default the
+    reference's)."""
     shells = np.arange(box // 2 + 1)
     res = resolution_angstrom(state.resolution_shell, box, pixel)
     n_classes, n_groups = model.n_classes, model.sigma2_noise.shape[0]
@@ -79,8 +82,11 @@ def model_blocks(model: Model, state: AutoRefineState, *, box: int, pixel: float
     })
     out = {"model_general": general, "model_classes": classes, **blocks}
     for g in range(n_groups):
-        out[f"model_optics_group_{g + 1}"] = pd.DataFrame({"rlnSpectralIndex": shells, "rlnResolution": freq,
-                                                           "rlnSigma2Noise": model.sigma2_noise[g].numpy()})
+        box_g, pixel_g = group_sizes[g] if group_sizes else (box, pixel)
+        own = np.arange(box_g // 2 + 1)
+        out[f"model_optics_group_{g + 1}"] = pd.DataFrame({
+            "rlnSpectralIndex": own, "rlnResolution": own / (box_g * pixel_g),
+            "rlnSigma2Noise": model.sigma2_noise[g, : box_g // 2 + 1].numpy()})
     out["model_groups"] = pd.DataFrame({
         "rlnGroupNumber": np.arange(1, len(group_counts) + 1),
         "rlnGroupName": [f"group_{i + 1}" for i in range(len(group_counts))],
