@@ -360,7 +360,7 @@ def _update_sampling(run: Run, old_angles, old_offsets, fine_win, rng) -> None:
         projector = Projector.from_volume(model.references[0], r_max=fine_win.size // 2)
         st.acc_rot_deg, st.acc_trans_px = expected_accuracy(
             projector, sigma2.mean(dim=0)[: run.box // 2 + 1], run.dataset, sample, run.results.angles[sample],
-            fine_win,             rng, cfg.ctf)
+            fine_win, rng, cfg.ctf)
     if update_sampling(st, float(offset_change), cfg.auto_local_healpix_order):
         run.directions = asymmetric_unit(st.healpix_order, run.symmetry)
         for m in run.models:
