@@ -656,9 +656,9 @@ def local_resolution(
 @handles_errors
 def demo(
     output: Annotated[Path, typer.Option("--o", help="Output folder.")] = Path("ember_demo"),
-    n: Annotated[int, typer.Option("--n", help="Number of particles.")] = 1000,
+    n: Annotated[int, typer.Option("--n", help="Number of particles.")] = 500,
     snr: Annotated[float, typer.Option(help="Signal-to-noise ratio.")] = 0.5,
-    quick: Annotated[bool, typer.Option("--quick", help="A small, fast run (600 particles, short schedules) for tests.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="A small, fast run (300 particles, short schedules) for tests.")] = False,
     seed: Seed = 0,
     device: Device = "cpu",
     quiet: Quiet = False,

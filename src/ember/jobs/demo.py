@@ -38,7 +38,7 @@ class DemoConfig:
     """Sizes of the demo (box in px, pixel in Å, diameter in Å); `quick` shrinks it for tests."""
 
     output: Path = Path("ember_demo")
-    n_particles: int = 1000
+    n_particles: int = 500
     box: int = 32
     pixel_size: float = 2.5
     snr: float = 0.5
