@@ -53,7 +53,7 @@ def scaled_to(volume: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 
 def run(out: Path, quick: bool, seed: int) -> dict:
-    n, snr, iterations, initial_iterations = (150, 0.5, 3, 10) if quick else (800, 0.3, 50, 60)
+    n, snr, iterations, initial_iterations = (150, 0.5, 3, 10) if quick else (500, 0.5, 50, 60)
     box, pixel, diameter = 32, 2.5, 70.0
     start = time.perf_counter()
     star = simulate(SimulateConfig(output=out / "data", n_particles=n, model_path=structure("1ake.cif"), chains=("A",),
