@@ -203,7 +203,7 @@ def simulate(
     )
     with progress_bar("simulating", quiet) as bar:
         star = run(cfg, bar)
-    console.print(f"wrote {star}")
+    console.print(f"wrote {star} and {star.parent / 'report.html'}")
 
 
 @app.command()
@@ -233,7 +233,7 @@ def reconstruct(
 
     Example: ember reconstruct --i sim/particles.star --o rec.mrc --sym D7 --j 2
     """
-    from ember.jobs.reconstruct import ReconstructConfig
+    from ember.jobs.reconstruct import ReconstructConfig, report_path
     from ember.jobs.reconstruct import reconstruct as run
 
     cfg = ReconstructConfig(
@@ -251,7 +251,7 @@ def reconstruct(
     )
     with progress_bar("back-projecting", quiet) as bar:
         run(cfg, bar)
-    console.print(f"wrote {output}")
+    console.print(f"wrote {output} and {report_path(output)}")
 
 
 @app.command()
@@ -328,7 +328,7 @@ def refine3d(
     with progress_bar("refine3d", quiet) as bar:
         final = run(cfg, bar)
     if not _worker():
-        console.print(f"wrote {final}")
+        console.print(f"wrote {final} and {final.parent / 'report.html'}")
 
 
 @app.command()
@@ -376,7 +376,7 @@ def class2d(
     )
     with progress_bar("class2d", quiet) as bar:
         averages = run(cfg, bar)
-    console.print(f"wrote {averages}")
+    console.print(f"wrote {averages} and {averages.parent / 'report.html'}")
 
 
 @app.command("initial-model")
@@ -419,7 +419,7 @@ def initial_model(
     )
     with progress_bar("initial-model", quiet) as bar:
         path = run(cfg, bar)
-    console.print(f"wrote {path}")
+    console.print(f"wrote {path} and {path.parent / 'report.html'}")
 
 
 @app.command()
@@ -494,7 +494,7 @@ def class3d(
     )
     with progress_bar("class3d", quiet) as bar:
         model_star = run(cfg, bar)
-    console.print(f"wrote {model_star}")
+    console.print(f"wrote {model_star} and {model_star.parent / 'report.html'}")
 
 
 @app.command()
