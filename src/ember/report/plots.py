@@ -143,7 +143,8 @@ def plot_class_sizes(path: str | Path, history: np.ndarray) -> None:
     its = np.arange(1, len(history) + 1)
     for k in range(history.shape[1]):
         ax.plot(its, 100 * history[:, k], marker="o", ms=3, lw=1.4, label=f"class {k + 1}")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(0.5, len(history) + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.set_xlabel("iteration")
     ax.set_ylabel("particles (%)")
     ax.set_ylim(0, 100)
@@ -212,7 +213,8 @@ def figure_resolution_history(resolutions_angstrom: np.ndarray) -> Figure:
     """Current resolution (Å) per iteration."""
     fig, ax = plt.subplots(figsize=(6.4, 3.4), dpi=110)
     ax.plot(np.arange(1, len(resolutions_angstrom) + 1), resolutions_angstrom, lw=1.4, marker="o", ms=3)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(0.5, len(resolutions_angstrom) + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.set_xlabel("iteration")
     ax.set_ylabel("current resolution (Å)")
     ax.invert_yaxis()
