@@ -8,7 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from benchmarks.experiments.model_bias import fake_domain
 from matplotlib.image import imread
+
+from tests.conftest import blob_volume
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "structures").exists(),
@@ -69,3 +72,13 @@ def test_model_bias(tmp_path):
                                         "gold standard from an Ember initial model"]
     assert all(0 < r["FSC 0.5 with the truth (Å)"] < 100 for r in rows)
     assert all(np.isfinite(r["fake domain kept (fraction of the start's)"]) for r in rows)
+    # the measure's zero point: a start without the fake domain leaves none of it
+    assert abs(rows[2]["fake domain kept (fraction of the start's)"]) < 0.15
+
+
+def test_fake_domain_holds_a_quarter_of_the_mass_outside_the_protein():
+    truth = blob_volume(32).numpy()
+    blob = fake_domain(truth)
+    assert blob.sum() == pytest.approx(0.25 * truth.sum(), rel=1e-4)
+    peak = np.unravel_index(blob.argmax(), blob.shape)
+    assert truth[peak] < 0.1 * truth.max()  # centred outside the protein's density

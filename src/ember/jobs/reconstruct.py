@@ -32,12 +32,13 @@ from ember.jobs.common import Progress, batches, job_report, select_device
 from ember.maths.fourier import (
     fft2_centered,
     hermitian_unique_mask_2d,
+    resolution_angstrom,
     rfft_frequencies_2d,
     shell_index,
     shell_of_resolution,
     shift_phases_2d,
 )
-from ember.maths.fsc import fsc
+from ember.maths.fsc import fsc, resolution_shell
 from ember.maths.rotations import euler_to_matrix
 from ember.maths.symmetry import symmetry_operators
 from ember.operators.ctf import particle_ctfs
@@ -190,9 +191,8 @@ def _report(cfg: ReconstructConfig, dataset: ParticleDataSet, volume: np.ndarray
     report.number("symmetry", cfg.symmetry)
     report.number("filter", "3D Wiener filter, τ² from the halves' FSC" if cfg.wiener else "none (RELION's default)")
     if half_fsc is not None:
-        below = torch.nonzero(half_fsc[1:] < 0.143)
-        shell = int(below[0, 0]) if len(below) else box // 2
-        report.number("half-set resolution (FSC 0.143)", f"{box * pixel / max(shell, 1):.2f} Å")
+        shell = resolution_shell(half_fsc, 0.143)
+        report.number("half-set resolution (FSC 0.143)", f"{resolution_angstrom(shell, box, pixel):.2f} Å")
         report.figure("FSC between the reconstructions of the two random halves.",
                       figure_fsc({"half 1 vs half 2": half_fsc.numpy()}, box=box, pixel_size=pixel))
     report.figure("Central sections of the map.", figure_central_sections([volume], [Path(cfg.output).name]))

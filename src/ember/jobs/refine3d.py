@@ -60,6 +60,7 @@ from ember.jobs.refine_io import (
     write_iteration,
 )
 from ember.maths.fourier import resolution_angstrom, shell_of_resolution
+from ember.maths.fsc import resolution_shell
 from ember.maths.symmetry import symmetry_operators
 from ember.operators.filters import lowpass_raised_cosine
 from ember.operators.projector import Projector
@@ -146,9 +147,7 @@ class Run(ParticleRun):
         """(n, 2) centres of the offset prior (rlnOriginX/YPriorAngst where set, else 0), in pixels
         of the reference."""
         given = self.dataset.prior_offsets_px()
-        if given is None:
-            return None
-        return np.nan_to_num(given, nan=0.0) * self.dataset.pixel_sizes()[:, None] / self.pixel
+        return None if given is None else in_reference_px(self.dataset, np.nan_to_num(given, nan=0.0))
 
 
 def refine3d(cfg: Refine3DConfig, progress=None) -> Path:
@@ -206,7 +205,7 @@ def start(cfg: Refine3DConfig) -> Run:
     results = ParticleResults.empty(n)
     if all(c in dataset.table.particles for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")):
         results.angles[:] = dataset.angles_deg()
-    results.offsets_px[:] = reference_offsets_px(dataset)
+    results.offsets_px[:] = in_reference_px(dataset, dataset.offsets_px())
     state = AutoRefineState(iteration=0, healpix_order=cfg.healpix_order, oversampling=cfg.oversampling,
                             offset_range_px=cfg.offset_range_px, offset_step_px=cfg.offset_step_px,
                             resolution_shell=ini_shell, best_resolution_shell=ini_shell,
@@ -215,9 +214,10 @@ def start(cfg: Refine3DConfig) -> Run:
                norms=dataset.column("rlnNormCorrection", 1.0).copy())
 
 
-def reference_offsets_px(dataset: ParticleDataSet) -> np.ndarray:
-    """(n, 2) rlnOriginX/YAngst in pixels of the reference (the first optics group's pixel size)."""
-    return dataset.offsets_px() * dataset.pixel_sizes()[:, None] / dataset.pixel_size
+def in_reference_px(dataset: ParticleDataSet, offsets_px: np.ndarray) -> np.ndarray:
+    """(n, 2) offsets in each particle's optics-group pixels → pixels of the reference (the first
+    optics group's pixel size)."""
+    return offsets_px * dataset.pixel_sizes()[:, None] / dataset.pixel_size
 
 
 def split_halves(dataset: ParticleDataSet, seed: int) -> np.ndarray:
@@ -351,12 +351,12 @@ def _update_sampling(run: Run, old_angles, old_offsets, fine_win, rng) -> None:
     update_hidden_changes(st, float(changes.mean()), float(offset_change))
     if not cfg.maxcc:
         model = run.models[0]
-        sample, sigma2 = rng.choice(len(run.subsets), size=min(100, len(run.subsets)), replace=False), \
-            model.sigma2_noise
+        candidates, sigma2 = np.arange(len(run.subsets)), model.sigma2_noise
         if not run.dataset.uniform_sizes:  # the accuracy is estimated on images of the reference's size
             ref_groups = [g for g, (b, a) in enumerate(run.group_sizes) if b == run.box and abs(a - run.pixel) < 1e-6]
-            same = np.flatnonzero(np.isin(run.dataset.optics_group_index(), ref_groups))
-            sample, sigma2 = rng.choice(same, size=min(100, len(same)), replace=False), sigma2[ref_groups]
+            candidates = np.flatnonzero(np.isin(run.dataset.optics_group_index(), ref_groups))
+            sigma2 = sigma2[ref_groups]
+        sample = rng.choice(candidates, size=min(100, len(candidates)), replace=False)
         projector = Projector.from_volume(model.references[0], r_max=fine_win.size // 2)
         st.acc_rot_deg, st.acc_trans_px = expected_accuracy(
             projector, sigma2.mean(dim=0)[: run.box // 2 + 1], run.dataset, sample, run.results.angles[sample],
@@ -379,17 +379,12 @@ def finish(run: Run, sums) -> None:
     final = maximise(run.models[0], joint, GoldStandardTau2(half_fsc, cfg.tau2_fudge, joined=True),
                      symmetry=run.symmetry, mask_radius_px=None, fsc=half_fsc, update_noise=not cfg.maxcc,
                      group_boxes=[b for b, _ in run.group_sizes])
-    run.state.resolution_shell = _final_shell(half_fsc)
+    run.state.resolution_shell = resolution_shell(half_fsc, 0.143)
     run.resolutions.append(resolution_angstrom(run.state.resolution_shell, box, run.pixel))
     run.models = [final, final]
     if run.ranks.is_root:
         write_outputs(run, "run", final_maps={"class001": final.references[0], "half1_class001_unfil": unfil[0],
                                               "half2_class001_unfil": unfil[1]})
-
-
-def _final_shell(fsc: torch.Tensor) -> int:
-    below = torch.nonzero(fsc[1:] < 0.143)
-    return int(below[0, 0]) if len(below) else len(fsc) - 1
 
 
 def write_outputs(run: Run, prefix: str, final_maps: dict | None = None) -> None:
@@ -438,7 +433,7 @@ def _report(run: Run, prefix: str, final: bool) -> Report:
         report.figure("Current resolution after each iteration.", figure_resolution_history(np.array(run.resolutions)))
     report.figure("Viewing directions of the particles (equal-area map).", out / "angular_distribution.png")
     label = "final map" if final else "half 1"
-    add_model_figures(report, model, box=run.box, pixel=run.pixel, labels=[label])
+    add_model_figures(report, model, box=run.box, pixel=run.pixel, labels=[label], group_sizes=run.group_sizes)
     return report
 
 
@@ -455,7 +450,7 @@ def resume(cfg: Refine3DConfig) -> Run:
     state = AutoRefineState(**saved["state"])
     results = ParticleResults.empty(len(dataset))
     results.angles[:] = dataset.angles_deg()
-    results.offsets_px[:] = reference_offsets_px(dataset)
+    results.offsets_px[:] = in_reference_px(dataset, dataset.offsets_px())
     results.pmax[:] = dataset.column("rlnMaxValueProbDistribution", 0.0)
     symmetry = symmetry_operators(cfg.symmetry)
     run = Run(cfg, dataset, np.array(saved["subsets"]), models, state, results, symmetry,

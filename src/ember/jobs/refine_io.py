@@ -159,12 +159,14 @@ def add_iteration_numbers(report: Report, state: AutoRefineState, *, n_particles
     report.number("image size used (window)", f"{state.current_size} px")
 
 
-def add_model_figures(report: Report, model: Model, *, box: int, pixel: float, labels: list[str]) -> None:
-    """Central sections of each reference (3D) and the σ², τ² and SSNR spectra."""
+def add_model_figures(report: Report, model: Model, *, box: int, pixel: float, labels: list[str],
+                      group_sizes: list[tuple[int, float]] | None = None) -> None:
+    """Central sections of each reference (3D) and the σ², τ² and SSNR spectra (σ² of each optics
+    group over its own shells, `group_sizes` (box px, pixel Å) per group)."""
     if model.references[0].ndim == 3:
         report.figure("Central sections of each map.",
                       figure_central_sections([r.float().numpy() for r in model.references], labels))
     report.figure("Noise power σ²(ν) per optics group, signal prior τ²(ν) and SSNR(ν) per class, learned from the "
                   "data (per complex component; shells without a value are left out).",
                   figure_spectra(model.sigma2_noise.numpy(), model.tau2.numpy(), model.ssnr.numpy(), box=box,
-                                 pixel_size=pixel))
+                                 pixel_size=pixel, group_sizes=group_sizes))

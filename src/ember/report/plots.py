@@ -117,16 +117,19 @@ def figure_image_montage(images: np.ndarray, titles: list[str], columns: int = 8
 
 
 def figure_spectra(sigma2_noise: np.ndarray, tau2: np.ndarray, ssnr: np.ndarray, *, box: int,
-                   pixel_size: float) -> Figure:
+                   pixel_size: float, group_sizes: list[tuple[int, float]] | None = None) -> Figure:
     """σ²(ν) per optics group (G, S), τ²(ν) and SSNR(ν) per class (K, S) against spatial
-    frequency (Å⁻¹), log scale; shells without a value (≤ 0) are left out."""
+    frequency (Å⁻¹), log scale; shells without a value (≤ 0) are left out. Group g's σ² lies on
+    its own image grid, `group_sizes[g]` = (box px, pixel Å) (default: the reference's)."""
     fig, axes = plt.subplots(1, 3, figsize=(11.0, 3.4), dpi=100)
     panels = (("noise σ²(ν)", sigma2_noise, "group"), ("signal prior τ²(ν)", tau2, "class"),
               ("SSNR(ν)", ssnr, "class"))
     for ax, (title, rows, what) in zip(axes, panels, strict=True):
         rows = np.atleast_2d(np.asarray(rows, dtype=float))
-        freq = np.arange(rows.shape[1]) / (box * pixel_size)
         for i, row in enumerate(rows):
+            n, a = group_sizes[i] if what == "group" and group_sizes else (box, pixel_size)
+            row = row[: n // 2 + 1]
+            freq = np.arange(len(row)) / (n * a)
             ok = row > 0
             if ok.any():
                 ax.semilogy(freq[ok], row[ok], lw=1.3, label=f"{what} {i + 1}" if len(rows) > 1 else None)
@@ -169,15 +172,7 @@ def plot_class_montage(path: str | Path, averages: np.ndarray, counts: np.ndarra
     """2D class averages (K, N, N) sorted by particle count (largest first), each titled with its
     class number and count."""
     order = np.argsort(-counts, kind="stable")
-    rows = int(np.ceil(len(order) / columns))
-    cols = min(columns, len(order))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.45 * rows + 0.2), dpi=100, squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, k in zip(axes.ravel(), order, strict=False):
-        ax.imshow(averages[k], cmap="gray", origin="lower")
-        ax.set_title(f"{k + 1}: {counts[k]}", fontsize=7)
-    _save(fig, path)
+    _save(figure_image_montage(averages[order], [f"{k + 1}: {counts[k]}" for k in order], columns), path)
 
 
 def plot_guinier(
