@@ -115,8 +115,7 @@ class Marginalisation:
         computed in the memory of `log_w`, which is overwritten."""
         best = _image_max(log_w, rows, n_images)
         d = log_w.sub_(best[rows][:, None].to(log_w.dtype))
-        beyond = d < -EXP_CUTOFF
-        return d.exp_().masked_fill_(beyond, 0.0), best
+        return torch.nn.functional.threshold_(d, _just_below(-EXP_CUTOFF, d.dtype), -torch.inf).exp_(), best
 
 
 class CrossCorrelation:
@@ -146,6 +145,12 @@ class CrossCorrelation:
         return w, best
 
 
+def _just_below(value: float, dtype: torch.dtype) -> float:
+    """The largest number of `dtype` below `value`: `threshold_(x, t, v)` sets x ≤ t to v, so with
+    t = _just_below(value) it sets x < value."""
+    return float(torch.nextafter(torch.tensor(value, dtype=dtype), torch.tensor(-torch.inf, dtype=dtype)))
+
+
 def _image_max(log_w: torch.Tensor, rows: torch.Tensor, n_images: int) -> torch.Tensor:
     """Largest log w of each image over its rows (M, S) → (n_images,) float64."""
     best = torch.full((n_images,), -torch.inf, dtype=torch.float64)
@@ -156,13 +161,15 @@ def posteriors(weighting, log_w: torch.Tensor, rows: torch.Tensor, n_images: int
                fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Posteriors γ (M, S) of samples grouped in rows of images `rows` (M,), normalised over each
     image's samples and pruned to the smallest set holding `fraction` of them (not renormalised,
-    ALGORITHM pitfall 14); and log Σ_j of each image (n_images,)."""
+    ALGORITHM pitfall 14); and log Σ_j of each image (n_images,). γ is computed in the memory of
+    `log_w`, which is overwritten."""
     w, best = weighting.unnormalised(log_w, rows, n_images)
     total = torch.zeros(n_images, dtype=torch.float64).index_add_(0, rows, w.sum(dim=1).double())
-    gamma = (w / total[rows][:, None].to(w.dtype)).to(w.dtype)
+    gamma = w.div_(total[rows][:, None].to(w.dtype))
     if len(rows) == n_images and bool((rows == torch.arange(n_images)).all()):
         thr, _ = significance(gamma, fraction)
-        gamma = torch.where(gamma >= thr[:, None], gamma, torch.zeros_like(gamma))
+        for row, value in zip(gamma, thr.tolist(), strict=True):  # in place, a row at a time
+            torch.nn.functional.threshold_(row, _just_below(value, row.dtype), 0.0)
     else:
         gamma = _prune_segments(gamma, rows, n_images, fraction)
     return gamma, best + torch.log(total)
@@ -266,8 +273,9 @@ def _real_cat(z: torch.Tensor) -> torch.Tensor:
     return torch.cat([z.real, z.imag], dim=-1).to(torch.float32)
 
 
-SUB_BINS = 64  # histogram bins per factor of 2 in `significance`
+SUB_BINS_BITS = 6  # `significance` bins: 2^6 = 64 per factor of 2 (the top mantissa bits)
 TOPK_FRACTION = 1 / 16  # `significance` sorts directly when at most this share of a row can be needed
+_FLOAT_BITS = {torch.float32: (torch.int32, 23), torch.float64: (torch.int64, 52)}  # integer view, mantissa bits
 
 
 def significance(weights: torch.Tensor, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -275,46 +283,46 @@ def significance(weights: torch.Tensor, fraction: float) -> tuple[torch.Tensor, 
     `fraction` of the row's sum (RELION `convertAllSquaredDifferencesToWeights`).
 
     Only values ≥ (1 − fraction)·sum/n_nonzero can be needed (the rest hold less than 1 − fraction
-    together): when few are, they are ordered directly (topk); otherwise the weights are summed in
-    a histogram of log2(w) with SUB_BINS bins per factor of 2, every value in a bin above the one
-    where the sum from the top reaches `fraction` is kept, and only that bin's values are ordered."""
-    total = weights.sum(dim=1, dtype=torch.float64)
-    nonzero = (weights > 0).sum(dim=1).clamp(min=1)
-    floor = ((1 - fraction) * total / nonzero).to(weights.dtype)
-    k = int((weights >= floor[:, None]).sum(dim=1).max().clamp(min=1))
-    if k <= TOPK_FRACTION * weights.shape[1]:
-        ordered = torch.topk(weights, k, dim=1, sorted=True).values
-        count = (torch.cumsum(ordered.double(), dim=1) < fraction * total[:, None]).sum(dim=1) + 1
-        count = torch.minimum(torch.minimum(count, torch.full_like(count, k)), nonzero)
-        return ordered.gather(1, (count - 1)[:, None]).squeeze(1), count
-    return _significance_by_histogram(weights, fraction, total, nonzero)
+    together): when few are, they are ordered directly (topk); otherwise the row is summed in a
+    histogram of log2(w) with 2^SUB_BINS_BITS bins per factor of 2 (read from the float's exponent
+    and top mantissa bits), every value in a bin above the one where the sum from the top reaches
+    `fraction` is kept, and only that bin's values are ordered. Rows are taken one at a time so that
+    the temporaries stay a row long."""
+    out = [_row_significance(row, fraction) for row in weights]
+    if not out:
+        return torch.zeros(0, dtype=weights.dtype), torch.zeros(0, dtype=torch.long)
+    return torch.stack([t for t, _ in out]), torch.stack([c for _, c in out])
 
 
-def _significance_by_histogram(weights: torch.Tensor, fraction: float, total: torch.Tensor, nonzero: torch.Tensor
-                               ) -> tuple[torch.Tensor, torch.Tensor]:
-    n_b = len(weights)
-    row_max = weights.max(dim=1, keepdim=True).values.clamp(min=torch.finfo(weights.dtype).tiny)
-    n_bins = 160 * SUB_BINS  # below 2^-160 of the row's largest weight (and zeros): the last bin
-    bins = torch.log2(weights / row_max).mul_(-SUB_BINS).clamp_(max=n_bins - 1).long()  # 0 = the largest values
-    hist = torch.zeros((n_b, n_bins), dtype=torch.float64).scatter_add_(1, bins, weights.double())
-    counts = torch.zeros((n_b, n_bins), dtype=torch.long).scatter_add_(1, bins, torch.ones_like(bins))
-    cum = torch.cumsum(hist, dim=1)
+def _row_significance(w: torch.Tensor, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(threshold, count) of one row of weights (S,) ≥ 0, as `significance`."""
+    total = w.sum(dtype=torch.float64)
+    nonzero = torch.count_nonzero(w).clamp(min=1)
+    floor = ((1 - fraction) * total / nonzero).to(w.dtype)
+    k = int((w >= floor).sum().clamp(min=1))
     goal = fraction * total
-    crossing = (cum < goal[:, None]).sum(dim=1).clamp(max=n_bins - 1)  # the bin holding the last value kept
-    rows = torch.arange(n_b)
-    in_crossing = counts[rows, crossing].clamp(min=1)
-    above = torch.cumsum(counts, dim=1)[rows, crossing] - counts[rows, crossing]
-    sum_above = cum[rows, crossing] - hist[rows, crossing]
-    candidates = torch.where(bins == crossing[:, None], weights, torch.zeros_like(weights))
-    ordered = torch.topk(candidates, int(in_crossing.max()), dim=1, sorted=True).values
-    within = (sum_above[:, None] + torch.cumsum(ordered.double(), dim=1) < goal[:, None]).sum(dim=1) + 1
-    within = torch.minimum(within, in_crossing)
-    threshold = ordered.gather(1, (within - 1)[:, None]).squeeze(1)
-    short = above + within > nonzero  # the sum reached only with the zeros (rounding, fraction → 1)
-    if bool(short.any()):
-        smallest = torch.where(weights > 0, weights, torch.full_like(weights, torch.inf)).min(dim=1).values
-        threshold = torch.where(short, smallest, threshold)
-    return threshold, torch.minimum(above + within, nonzero)
+    if k <= TOPK_FRACTION * len(w):
+        ordered = torch.topk(w, k, sorted=True).values
+        count = (torch.cumsum(ordered.double(), 0) < goal).sum() + 1
+        count = torch.minimum(torch.minimum(count, torch.tensor(k)), nonzero)
+        return ordered[count - 1], count
+    int_type, mantissa = _FLOAT_BITS[w.dtype]
+    bits = w.contiguous().view(int_type) >> (mantissa - SUB_BINS_BITS)  # monotone in w ≥ 0
+    bins = bits.max() - bits  # 0 = the largest values' bin
+    n_bins = int(bins.max()) + 1
+    hist = torch.bincount(bins, weights=w.double(), minlength=n_bins)
+    counts = torch.bincount(bins, minlength=n_bins)
+    cum = torch.cumsum(hist, 0)
+    crossing = (cum < goal).sum().clamp(max=n_bins - 1)  # the bin holding the last value kept
+    ordered = torch.sort(w[bins == crossing], descending=True).values
+    above = counts[:crossing].sum()
+    within = (cum[crossing] - hist[crossing] + torch.cumsum(ordered.double(), 0) < goal).sum() + 1
+    within = torch.minimum(within, torch.tensor(len(ordered)))
+    threshold, count = ordered[within - 1], above + within
+    if bool(count > nonzero):  # the sum reached only with the zeros (rounding, fraction → 1)
+        positive = w[w > 0]
+        return (positive.min() if len(positive) else w.max()), nonzero
+    return threshold, count
 
 
 @dataclass
@@ -748,10 +756,9 @@ def _dense_fine(batch, model, st, significant, prior_t, cand, grid: FineGrid, fi
     win = st.fine_window
     px = Pixels.of(batch, win, model, st.weighting)
     t_all, shifts = fine_shifts.t_px, fine_shifts.phase  # (T4, 2), (T4, K); parent t = i // n_child
-    t_parent = torch.arange(len(t_all)) // fine_shifts.n_child
     p_real, p_abs2 = grid.proj.real, grid.proj.abs2  # (R_f, 2K), (R_f, K)
-    log_prior_r = cand.log_prior[grid.parent].to(torch.float32)
     n_f, n_t4 = len(grid.parent), len(t_all)
+    n_t, n_c = significant.shape[1:]
     kk = len(win.k)
     group = max(1, int(DENSE_BYTES // (n_t4 * n_f * 4)))
     for g0 in range(0, len(batch), group):
@@ -759,44 +766,27 @@ def _dense_fine(batch, model, st, significant, prior_t, cand, grid: FineGrid, fi
         n_g = len(g)
         y = px.x[g][:, None, :] * shifts[None]  # (G, T4, K)
         a = _real_cat(y * (px.w * px.c_ref)[g][:, None, :]).reshape(-1, 2 * kk)
-        cross = _gemm(a, p_real.T).reshape(n_g, n_t4, n_f)
-        term1 = (px.w * px.c_ref**2)[g].to(torch.float32) @ p_abs2.T  # (G, R_f)
-        log_w = st.weighting.log_likelihood(term1[:, None, :], cross, px.term2()[g].to(torch.float32)[:, None, None])
-        if st.weighting.uses_priors:
-            log_w = log_w + prior_t[g][:, t_parent].to(torch.float32)[:, :, None] + log_prior_r[None, None, :]
-        allowed = significant[g][:, t_parent][:, :, grid.parent]
-        log_w = torch.where(allowed, log_w, torch.full_like(log_w, -torch.inf))
-        gamma, log_sum = posteriors(st.weighting, log_w.reshape(n_g, -1), torch.arange(n_g), n_g,
-                                    st.adaptive_fraction)
+        with STAGES("pass 2: dense GEMM"):
+            cross = _gemm(a, p_real.T).reshape(n_g, n_t4, n_f)
+        with STAGES("pass 2: dense weights"):
+            term1 = (px.w * px.c_ref**2)[g].to(torch.float32) @ p_abs2.T  # (G, R_f)
+            term2 = px.term2()[g]
+            log_w = st.weighting.centred(term1[:, None, :], cross, term2.to(torch.float32)[:, None, None])
+            # priors, and −∞ off the children of significant coarse samples: added per coarse (t, r)
+            # to blocks of the fine grid (fine shifts and rows come in blocks of children)
+            coarse = torch.full(significant[g].shape, -torch.inf)
+            coarse[significant[g]] = 0.0
+            if st.weighting.uses_priors:
+                coarse += prior_t[g][:, :, None].to(torch.float32) + cand.log_prior.to(torch.float32)[None, None, :]
+            log_w.view(n_g, n_t, fine_shifts.n_child, n_c, -1).add_(coarse[:, :, None, :, None])
+            gamma, log_sum = posteriors(st.weighting, log_w.view(n_g, -1), torch.arange(n_g), n_g,
+                                        st.adaptive_fraction)
+            if isinstance(st.weighting, Marginalisation):
+                log_sum -= term2  # the centred log-likelihood left −Σ w|X|² out
         gam = gamma.reshape(n_g, n_t4, n_f)
-        gam2 = gam.reshape(-1, n_f)
-        z = _real_cat(px.x0[g][:, None, :] * shifts[None] * (px.c_image / px.sigma2)[g][:, None, :]).reshape(-1, 2 * kk)
-        grid.data += gam2.T @ z
-        per_row = gam.sum(dim=1)  # (G, R_f)
-        grid.weight += per_row.T @ (px.c2 / px.sigma2)[g].to(torch.float32)
-        g_img = gamma.sum(dim=1).double()
         sub = batch.subset(g)
-        if st.weighting.updates_noise or st.norm_residuals or st.scale_sums:
-            # per class: Σγ|sCP|² (s1) and Σγ Re(conj(sCP)·shift(X)) (s3) per image and pixel
-            s1 = torch.zeros((n_g, kk), dtype=torch.float64)
-            s3 = torch.zeros((n_g, kk), dtype=torch.float64)
-            strong = _scale_shells(model, win) if st.scale_sums else None
-            product, power = torch.zeros(n_g, dtype=torch.float64), torch.zeros(n_g, dtype=torch.float64)
-            for c in torch.unique(grid.classes).tolist():
-                rows = grid.classes == c
-                s1_c = (per_row[:, rows] @ p_abs2[rows]).double() * px.c_ref[g] ** 2
-                q = (gam2[:, rows] @ p_real[rows]).double()  # (G·T4, 2K)
-                q = torch.complex(q[:, :kk], q[:, kk:]).reshape(n_g, n_t4, kk)
-                s3_c = (y.conj() * q).real.sum(dim=1) * px.c_ref[g]
-                s1 += s1_c
-                s3 += s3_c
-                if strong is not None:
-                    product += (s3_c * strong[c]).sum(dim=1)
-                    power += (s1_c * strong[c]).sum(dim=1)
-            s2 = px.x[g].abs() ** 2 * g_img[:, None]
-            _add_residuals(sums, results, sub, win.shell, s1 + s2 - 2 * s3, g_img, st.weighting.updates_noise)
-            if strong is not None:
-                _add_scale_sums(sums, sub, px.rows(g), product, power, g_img)
+        with STAGES("pass 2: dense sums"):
+            per_row = _dense_sums(sub, model, st, px.rows(g), gam, y, grid, shifts, sums, results)
         t_rel = (sub.offset0_px[:, None, :] + t_all[None] - sub.offset_prior_px[:, None, :]) * st.pixel_size
         sums.offset_sq += float((gam.sum(dim=2).double() * (t_rel**2).sum(-1)).sum())
         per_row_all = per_row.sum(dim=0).double().numpy()
@@ -807,3 +797,51 @@ def _dense_fine(batch, model, st, significant, prior_t, cand, grid: FineGrid, fi
         it, ir = pick // n_f, pick % n_f
         _record(sub, results, sums, grid.matrices[ir], grid.classes[ir], t_all[it], gamma.max(dim=1).values,
                 log_sum, class_post, px.rows(g))
+
+
+def _dense_sums(sub: ImageBatch, model: Model, st: EStepSettings, px: Pixels, gam: torch.Tensor, y: torch.Tensor,
+                grid: FineGrid, shifts: torch.Tensor, sums: Sums, results: ParticleResults) -> torch.Tensor:
+    """Back-projection sums per fine row and the residual sums (σ², norm, scale) of a group of
+    images `sub` (pixels px) of the dense pass 2, from their posteriors gam (G, T4, R_f), shifted
+    images y (G, T4, K) and shift phases (T4, K); returns Σ_t γ per image and fine row (G, R_f)."""
+    win = st.fine_window
+    n_g, n_t4, n_f = gam.shape
+    kk = len(win.k)
+    p_real, p_abs2 = grid.proj.real, grid.proj.abs2
+    z = _real_cat(px.x0[:, None, :] * shifts[None] * (px.c_image / px.sigma2)[:, None, :]).reshape(-1, 2 * kk)
+    grid.data += gam.reshape(-1, n_f).T @ z
+    per_row = gam.sum(dim=1)
+    grid.weight += per_row.T @ (px.c2 / px.sigma2).to(torch.float32)
+    g_img = gam.sum(dim=(1, 2)).double()
+    if st.weighting.updates_noise or st.norm_residuals or st.scale_sums:
+        # per class: Σγ|sCP|² (s1) and Σγ Re(conj(sCP)·shift(X)) (s3) per image and pixel
+        s1 = torch.zeros((n_g, kk), dtype=torch.float64)
+        s3 = torch.zeros((n_g, kk), dtype=torch.float64)
+        strong = _scale_shells(model, win) if st.scale_sums else None
+        product, power = torch.zeros(n_g, dtype=torch.float64), torch.zeros(n_g, dtype=torch.float64)
+        for c, rows in _class_blocks(grid.classes):
+            s1_c = (per_row[:, rows] @ p_abs2[rows]).double() * px.c_ref**2
+            q = (gam.reshape(-1, n_f)[:, rows] @ p_real[rows]).double()  # (G·T4, 2K)
+            q = torch.complex(q[:, :kk], q[:, kk:]).reshape(n_g, n_t4, kk)
+            s3_c = (y.conj() * q).real.sum(dim=1) * px.c_ref
+            s1 += s1_c
+            s3 += s3_c
+            if strong is not None:
+                product += (s3_c * strong[c]).sum(dim=1)
+                power += (s1_c * strong[c]).sum(dim=1)
+        s2 = px.x.abs() ** 2 * g_img[:, None]
+        _add_residuals(sums, results, sub, win.shell, s1 + s2 - 2 * s3, g_img, st.weighting.updates_noise)
+        if strong is not None:
+            _add_scale_sums(sums, sub, px, product, power, g_img)
+    return per_row
+
+
+def _class_blocks(classes: torch.Tensor) -> list[tuple[int, slice | torch.Tensor]]:
+    """(class, its rows) for each class present in classes (R,): a slice where the rows are
+    contiguous (the grids' layout, so no copy is made), else their indices."""
+    blocks = []
+    for c in torch.unique(classes).tolist():
+        idx = torch.nonzero(classes == c).squeeze(1)
+        lo, hi = int(idx[0]), int(idx[-1]) + 1
+        blocks.append((c, slice(lo, hi) if hi - lo == len(idx) else idx))
+    return blocks
