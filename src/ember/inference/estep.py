@@ -30,7 +30,10 @@ from ember.operators.projector import Projector
 
 EXP_CUTOFF = 88.0  # ALGORITHM pitfall 13: weights with Δ(log w) > 88 are zero
 MAX_SAMPLES_PER_GROUP = 20_000  # significant coarse samples per pass-2 group (memory bound)
-SPARSE_COST = 64  # operations of one sparse pass-2 sample relative to one dense GEMM entry
+# cost of the 32 sparse pass-2 samples of one significant coarse sample (os = 1) relative to 4 entries of
+# the dense GEMM; measured 150 on 2 CPU cores (6MSM box 48, iteration 2 of a broad run: dense 96 s, sparse
+# 164 s at 8.8 % significant coarse samples), so pass 2 is dense from 1/19 of the coarse samples
+SPARSE_COST = 150
 DENSE_BYTES = 2.5e8  # scores per image group in the dense pass 2
 
 
