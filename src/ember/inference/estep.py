@@ -162,35 +162,22 @@ def _image_max(log_w: torch.Tensor, rows: torch.Tensor, n_images: int) -> torch.
 
 def posteriors(weighting, log_w: torch.Tensor, rows: torch.Tensor, n_images: int,
                fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posteriors γ (M, S) of samples grouped in rows of images `rows` (M,), normalised over each
-    image's samples and pruned to the smallest set holding `fraction` of them (not renormalised,
-    ALGORITHM pitfall 14); and log Σ_j of each image (n_images,). γ is computed in the memory of
-    `log_w`, which is overwritten."""
+    """Posteriors γ (M, S) of samples grouped in rows of images `rows` (M,), sorted, normalised over
+    each image's samples and pruned to the smallest set holding `fraction` of them (not
+    renormalised, ALGORITHM pitfall 14); and log Σ_j of each image (n_images,). γ is computed in
+    the memory of `log_w`, which is overwritten."""
     w, best = weighting.unnormalised(log_w, rows, n_images)
     total = torch.zeros(n_images, dtype=torch.float64).index_add_(0, rows, w.sum(dim=1).double())
     gamma = w.div_(total[rows][:, None].to(w.dtype))
-    if len(rows) == n_images and bool((rows == torch.arange(n_images)).all()):
-        thr, _ = significance(gamma, fraction)
-        for row, value in zip(gamma, thr.tolist(), strict=True):  # in place, a row at a time
-            torch.nn.functional.threshold_(row, _just_below(value, row.dtype), 0.0)
-    else:
-        gamma = _prune_segments(gamma, rows, n_images, fraction)
+    ends = torch.searchsorted(rows, torch.arange(n_images + 1)).tolist()
+    flat = gamma.view(-1)
+    n_s = gamma.shape[1]
+    for start, end in zip(ends[:-1], ends[1:], strict=True):  # in place, one image's samples at a time
+        if end > start:
+            segment = flat[start * n_s : end * n_s]
+            threshold, _ = _row_significance(segment, fraction)
+            torch.nn.functional.threshold_(segment, _just_below(float(threshold), segment.dtype), 0.0)
     return gamma, best + torch.log(total)
-
-
-def _prune_segments(gamma: torch.Tensor, rows: torch.Tensor, n_images: int, fraction: float) -> torch.Tensor:
-    """Per image, keep the largest γ until their sum reaches `fraction` (samples in several rows)."""
-    flat = gamma.reshape(-1)
-    img = rows[:, None].expand_as(gamma).reshape(-1)
-    order = torch.argsort(img.double() * 2 + (1 - flat.double()), stable=True)  # by image, then γ descending
-    g_sorted = flat[order].double()
-    cum = torch.cumsum(g_sorted, 0)
-    counts = torch.bincount(img, minlength=n_images)
-    start = torch.cat([torch.zeros(1, dtype=torch.float64), cum])[torch.cumsum(counts, 0) - counts]
-    before = cum - g_sorted - start[img[order]]
-    keep = torch.zeros_like(flat, dtype=torch.bool)
-    keep[order] = before < fraction
-    return torch.where(keep.reshape(gamma.shape), gamma, torch.zeros_like(gamma))
 
 
 @dataclass
