@@ -195,7 +195,9 @@ GEMM_STATS = GemmStats()
 
 @dataclass
 class StageTimes:
-    """Optional wall time per stage of the E-step (benchmarks switch it on): `with STAGES("name"):`."""
+    """Optional wall time per stage of the E-step (benchmarks switch it on): `with STAGES("name"):`.
+    Stages are listed in the order they are entered; a name that starts with a space is a part of
+    the stage entered before it."""
 
     enabled: bool = False
     seconds: dict = field(default_factory=dict)
@@ -205,11 +207,12 @@ class StageTimes:
         if not self.enabled:
             yield
             return
+        self.seconds.setdefault(name, 0.0)
         start = time.perf_counter()
         try:
             yield
         finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            self.seconds[name] += time.perf_counter() - start
 
 
 STAGES = StageTimes()
@@ -756,9 +759,9 @@ def _dense_fine(batch, model, st, significant, prior_t, cand, grid: FineGrid, fi
         n_g = len(g)
         y = px.x[g][:, None, :] * shifts[None]  # (G, T4, K)
         a = _real_cat(y * (px.w * px.c_ref)[g][:, None, :]).reshape(-1, 2 * kk)
-        with STAGES("pass 2: dense GEMM"):
+        with STAGES("  of which the GEMM"):
             cross = _gemm(a, p_real.T).reshape(n_g, n_t4, n_f)
-        with STAGES("pass 2: dense weights"):
+        with STAGES("  of which the weights"):
             term1 = (px.w * px.c_ref**2)[g].to(torch.float32) @ p_abs2.T  # (G, R_f)
             term2 = px.term2()[g]
             log_w = st.weighting.centred(term1[:, None, :], cross, term2.to(torch.float32)[:, None, None])
@@ -775,7 +778,7 @@ def _dense_fine(batch, model, st, significant, prior_t, cand, grid: FineGrid, fi
                 log_sum -= term2  # the centred log-likelihood left −Σ w|X|² out
         gam = gamma.reshape(n_g, n_t4, n_f)
         sub = batch.subset(g)
-        with STAGES("pass 2: dense sums"):
+        with STAGES("  of which the sums"):
             per_row = _dense_sums(sub, model, st, px.rows(g), gam, y, grid, shifts, sums, results)
         t_rel = (sub.offset0_px[:, None, :] + t_all[None] - sub.offset_prior_px[:, None, :]) * st.pixel_size
         sums.offset_sq += float((gam.sum(dim=2).double() * (t_rel**2).sum(-1)).sum())
