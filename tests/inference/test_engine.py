@@ -71,16 +71,21 @@ def test_local_priors_reach_every_pass2_group(noisy, monkeypatch):
     assert float(sums_many.offset_sq) == pytest.approx(float(sums_one.offset_sq), rel=1e-6)
 
 
-def test_dense_and_sparse_pass2_give_the_same_posteriors(noisy, monkeypatch):
+@pytest.mark.parametrize("n_classes", [1, 2])
+def test_dense_and_sparse_pass2_give_the_same_posteriors(noisy, monkeypatch, n_classes):
     """The two pass-2 evaluators (GEMM over the whole fine grid, or products over significant
-    samples) are the same computation: same poses, Pmax, log-likelihoods and sums."""
+    samples) are the same computation: same poses, Pmax, log-likelihoods and sums, also with a
+    second class (the map at 0.7× its scale) sharing the posteriors."""
     ds, truth = noisy
+    refs = [truth, 0.7 * truth][:n_classes]
     dirs = np.arange(192)
     sampling = SamplingState(2, 1, 2.0, 1.0, dirs)
     monkeypatch.setattr(estep, "SPARSE_COST", 10**9)  # always dense
-    dense, sd = _estep(ds, [truth], sampling, np.zeros((len(ds), 3)))
+    dense, sd = _estep(ds, refs, sampling, np.zeros((len(ds), 3)))
     monkeypatch.setattr(estep, "SPARSE_COST", 0)  # always sparse
-    sparse, ss = _estep(ds, [truth], sampling, np.zeros((len(ds), 3)))
+    sparse, ss = _estep(ds, refs, sampling, np.zeros((len(ds), 3)))
+    if n_classes == 2:
+        assert ((dense.class_posterior > 0.05) & (dense.class_posterior < 0.95)).any()  # both classes share images
     assert (dense.pmax < 0.9).any()  # the posteriors are broad enough for pruning to matter
     np.testing.assert_allclose(dense.pmax, sparse.pmax, rtol=2e-3, atol=1e-4)
     np.testing.assert_allclose(dense.loglik, sparse.loglik, rtol=1e-6)

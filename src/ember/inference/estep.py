@@ -829,12 +829,9 @@ def _dense_sums(sub: ImageBatch, model: Model, st: EStepSettings, px: Pixels, ga
     return per_row
 
 
-def _class_blocks(classes: torch.Tensor) -> list[tuple[int, slice | torch.Tensor]]:
-    """(class, its rows) for each class present in classes (R,): a slice where the rows are
-    contiguous (the grids' layout, so no copy is made), else their indices."""
-    blocks = []
-    for c in torch.unique(classes).tolist():
-        idx = torch.nonzero(classes == c).squeeze(1)
-        lo, hi = int(idx[0]), int(idx[-1]) + 1
-        blocks.append((c, slice(lo, hi) if hi - lo == len(idx) else idx))
-    return blocks
+def _class_blocks(classes: torch.Tensor) -> list[tuple[int, slice]]:
+    """(class, slice of rows) for each run of equal classes in classes (R,): one per class for the
+    grids, whose rows come class by class, so that no rows are copied."""
+    values, counts = torch.unique_consecutive(classes, return_counts=True)
+    ends = torch.cumsum(counts, 0).tolist()
+    return [(c, slice(end - n, end)) for c, n, end in zip(values.tolist(), counts.tolist(), ends, strict=True)]
