@@ -777,9 +777,9 @@ def _dense_fine(batch, model, st, significant, prior_t, cand, grid: FineGrid, fi
             if isinstance(st.weighting, Marginalisation):
                 log_sum -= term2  # the centred log-likelihood left −Σ w|X|² out
         gam = gamma.reshape(n_g, n_t4, n_f)
-        sub = batch.subset(g)
+        sub, px_g = batch.subset(g), px.rows(g)
         with STAGES("  of which the sums"):
-            per_row = _dense_sums(sub, model, st, px.rows(g), gam, y, grid, shifts, sums, results)
+            per_row = _dense_sums(sub, model, st, px_g, gam, y, grid, shifts, sums, results)
         t_rel = (sub.offset0_px[:, None, :] + t_all[None] - sub.offset_prior_px[:, None, :]) * st.pixel_size
         sums.offset_sq += float((gam.sum(dim=2).double() * (t_rel**2).sum(-1)).sum())
         per_row_all = per_row.sum(dim=0).double().numpy()
@@ -789,7 +789,7 @@ def _dense_fine(batch, model, st, significant, prior_t, cand, grid: FineGrid, fi
         pick = gamma.argmax(dim=1)
         it, ir = pick // n_f, pick % n_f
         _record(sub, results, sums, grid.matrices[ir], grid.classes[ir], t_all[it], gamma.max(dim=1).values,
-                log_sum, class_post, px.rows(g))
+                log_sum, class_post, px_g)
 
 
 def _dense_sums(sub: ImageBatch, model: Model, st: EStepSettings, px: Pixels, gam: torch.Tensor, y: torch.Tensor,
