@@ -93,8 +93,11 @@ def run_expectation(
     use_ctf: bool = True,
     progress: Callable[[int], None] | None = None,
     fixed_poses: bool = False,
+    device: torch.device | str = "cpu",
 ) -> None:
-    """E-step of one model over particles `indices` (rows of the data set).
+    """E-step of one model over particles `indices` (rows of the data set) on `device`: the
+    model's maps and spectra, the images, the candidates and the sums of the E-step live there;
+    the sums are added into `sums` (wherever they are) at the end.
 
     prior_angles_deg : (n, 3) centres of local searches; prior_offsets_px : (n, 2) current origins
     (images are pre-centred by their rounded values); offset_priors_px : (n, 2) centres of the
@@ -102,23 +105,29 @@ def run_expectation(
     Offsets, translations and the mask radius are in pixels of the reference (the first optics
     group); optics groups of another box or pixel size are compared with the reference at their
     own sampling (RELION's applyScaleDifference) and their offsets converted in and out."""
+    device = torch.device(device)
     r_max = settings.fine_window.size // 2
+    work = sums if sums.device == device else sums.zeros_on(device)
+    on_device = model.to(device)
     with STAGES("coarse projections"):
-        projectors = [reference_projector(ref, r_max) for ref in model.references]
+        projectors = [reference_projector(ref, r_max) for ref in on_device.references]
     global_search = sampling.sigma_ang_deg is None and not fixed_poses
-    shared = global_candidates(sampling, model, model.rho) if global_search else None
+    shared = global_candidates(sampling, model, model.rho).to(device) if global_search else None
     box, pixel = dataset.box, dataset.pixel_size
     for box_g, pixel_g, rows in dataset.size_classes(indices):
         ratio = pixel / pixel_g  # reference px → this group's px
         group_settings = _for_images(settings, box_g, pixel_g, (box * pixel) / (box_g * pixel_g), ratio)
         offsets = prior_offsets_px * ratio if ratio != 1.0 else prior_offsets_px
         centres = None if offset_priors_px is None else offset_priors_px * ratio
-        _expectation_of_rows(dataset, rows, model, sampling, group_settings, sums, results, projectors, shared,
-                             prior_angles_deg=prior_angles_deg, prior_offsets_px=offsets, offset_priors_px=centres,
-                             image_scales=image_scales, symmetry=symmetry, mask_radius_px=mask_radius_px * ratio,
-                             batch_size=batch_size, use_ctf=use_ctf, progress=progress, fixed_poses=fixed_poses)
+        _expectation_of_rows(dataset, rows, on_device, sampling, group_settings.to(device), work, results,
+                             projectors, shared, prior_angles_deg=prior_angles_deg, prior_offsets_px=offsets,
+                             offset_priors_px=centres, image_scales=image_scales, symmetry=symmetry,
+                             mask_radius_px=mask_radius_px * ratio, batch_size=batch_size, use_ctf=use_ctf,
+                             progress=progress, fixed_poses=fixed_poses)
         if ratio != 1.0:
             results.offsets_px[rows] /= ratio
+    if work is not sums:
+        sums.add_(work)
 
 
 def _for_images(settings: EStepSettings, box: int, pixel: float, scale: float, ratio: float) -> EStepSettings:
@@ -138,7 +147,9 @@ def _expectation_of_rows(dataset: ParticleDataSet, indices: np.ndarray, model: M
                          offset_priors_px: np.ndarray | None, image_scales: np.ndarray | None, symmetry: torch.Tensor,
                          mask_radius_px: float, batch_size: int, use_ctf: bool,
                          progress: Callable[[int], None] | None, fixed_poses: bool) -> None:
-    """`run_expectation` for particles of one box and pixel size (settings on their grid)."""
+    """`run_expectation` for particles of one box and pixel size (settings on their grid), on the
+    device of the model."""
+    device = model.sigma2_noise.device
     grid = None
     if shared is not None:
         with STAGES("coarse projections"):
@@ -151,13 +162,13 @@ def _expectation_of_rows(dataset: ParticleDataSet, indices: np.ndarray, model: M
         idx = indices[start : start + batch_size]
         with STAGES("reading and transforming images"):
             batch = prepare_batch(dataset, idx, prior_offsets_px[idx], mask_radius_px=mask_radius_px,
-                                  use_ctf=use_ctf,
+                                  use_ctf=use_ctf, device=device,
                                   offset_priors_px=None if offset_priors_px is None else offset_priors_px[idx],
                                   image_scale=None if image_scales is None else image_scales[idx])
         if shared is None:
             cand = pose_candidates(prior_angles_deg[idx]) if fixed_poses else \
                 local_candidates(sampling, prior_angles_deg[idx], symmetry, model.rho)
-            cand = cand.with_classes(log_pi)
+            cand = cand.with_classes(log_pi).to(device)
             with STAGES("coarse projections"):
                 proj = Projections.of(project_rows(projectors, cand.matrices, cand.classes,
                                                    settings.coarse_window.k_ref))

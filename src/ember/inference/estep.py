@@ -15,6 +15,7 @@ reconstructor, the σ² sums per optics group, the offset, direction and class s
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -55,7 +56,14 @@ class Candidates:
 
     def __post_init__(self) -> None:
         if self.classes is None:
-            self.classes = torch.zeros(len(self.table), dtype=torch.long)
+            self.classes = torch.zeros(len(self.table), dtype=torch.long, device=self.matrices.device)
+
+    def to(self, device: torch.device) -> Candidates:
+        """These candidates with their tensors on `device` (the table stays on the host)."""
+        if self.matrices.device == torch.device(device):
+            return self
+        return Candidates(self.table, self.matrices.to(device), self.log_prior.to(device),
+                          None if self.per_image is None else self.per_image.to(device), self.classes.to(device))
 
     def with_classes(self, log_class_prior: np.ndarray) -> Candidates:
         """The same orientations for each of K classes (rows k·U … (k+1)·U − 1 are class k), with
@@ -64,8 +72,9 @@ class Candidates:
         table = OrientationGrid(np.tile(self.table.angles, (k, 1)), np.tile(self.table.direction, k),
                                 np.tile(self.table.psi_index, k), self.table.order, self.table.n_psi,
                                 self.table.in_plane)
-        log_pi = torch.as_tensor(log_class_prior, dtype=torch.float64)
-        classes = torch.arange(k).repeat_interleave(u)
+        device = self.matrices.device
+        log_pi = torch.as_tensor(log_class_prior, dtype=torch.float64, device=device)
+        classes = torch.arange(k, device=device).repeat_interleave(u)
         if self.per_image is None:
             log_prior = torch.cat([self.log_prior + log_pi[c] for c in range(k)])
             return Candidates(table, self.matrices.repeat(k, 1, 1), log_prior, None, classes)
@@ -93,6 +102,12 @@ class EStepSettings:
     def __post_init__(self) -> None:
         if self.weighting is None:
             self.weighting = Marginalisation()
+
+    def to(self, device: torch.device) -> EStepSettings:
+        """These settings with the windows and translations on `device`."""
+        return dataclasses.replace(self, coarse_window=self.coarse_window.to(device),
+                                   fine_window=self.fine_window.to(device),
+                                   translations_px=self.translations_px.to(device))
 
 
 class Marginalisation:
@@ -139,7 +154,7 @@ class CrossCorrelation:
     def unnormalised(self, log_w: torch.Tensor, rows: torch.Tensor, n_images: int) -> tuple[torch.Tensor, torch.Tensor]:
         best = _image_max(log_w, rows, n_images)
         row_best = log_w.max(dim=1)
-        winner = torch.full((n_images,), len(rows), dtype=torch.long)
+        winner = torch.full((n_images,), len(rows), dtype=torch.long, device=log_w.device)
         is_best = row_best.values >= best[rows].to(log_w.dtype)
         winner.scatter_reduce_(0, rows[is_best], torch.nonzero(is_best).squeeze(1), reduce="amin")
         w = torch.zeros_like(log_w)
@@ -156,7 +171,7 @@ def _just_below(value: float, dtype: torch.dtype) -> float:
 
 def _image_max(log_w: torch.Tensor, rows: torch.Tensor, n_images: int) -> torch.Tensor:
     """Largest log w of each image over its rows (M, S) → (n_images,) float64."""
-    best = torch.full((n_images,), -torch.inf, dtype=torch.float64)
+    best = torch.full((n_images,), -torch.inf, dtype=torch.float64, device=log_w.device)
     return best.scatter_reduce(0, rows, log_w.max(dim=1).values.double(), reduce="amax")
 
 
@@ -167,9 +182,9 @@ def posteriors(weighting, log_w: torch.Tensor, rows: torch.Tensor, n_images: int
     renormalised, ALGORITHM pitfall 14); and log Σ_j of each image (n_images,). γ is computed in
     the memory of `log_w`, which is overwritten."""
     w, best = weighting.unnormalised(log_w, rows, n_images)
-    total = torch.zeros(n_images, dtype=torch.float64).index_add_(0, rows, w.sum(dim=1).double())
+    total = torch.zeros(n_images, dtype=torch.float64, device=w.device).index_add_(0, rows, w.sum(dim=1).double())
     gamma = w.div_(total[rows][:, None].to(w.dtype))
-    ends = torch.searchsorted(rows, torch.arange(n_images + 1)).tolist()
+    ends = torch.searchsorted(rows, torch.arange(n_images + 1, device=rows.device)).tolist()
     flat = gamma.view(-1)
     n_s = gamma.shape[1]
     for start, end in zip(ends[:-1], ends[1:], strict=True):  # in place, one image's samples at a time
@@ -250,7 +265,7 @@ class FineShifts:
 
     @classmethod
     def build(cls, st: EStepSettings, box: int) -> FineShifts:
-        child = torch.from_numpy(translation_children(st.offset_step_px, st.oversampling))
+        child = torch.from_numpy(translation_children(st.offset_step_px, st.oversampling)).to(st.translations_px.device)
         t_px = (st.translations_px[:, None, :] + child[None]).reshape(-1, 2)
         return cls(t_px, phases(st.fine_window, t_px, box), len(child))
 
@@ -283,7 +298,8 @@ def significance(weights: torch.Tensor, fraction: float) -> tuple[torch.Tensor, 
     the temporaries stay a row long."""
     out = [_row_significance(row, fraction) for row in weights]
     if not out:
-        return torch.zeros(0, dtype=weights.dtype), torch.zeros(0, dtype=torch.long)
+        return (torch.zeros(0, dtype=weights.dtype, device=weights.device),
+                torch.zeros(0, dtype=torch.long, device=weights.device))
     return torch.stack([t for t, _ in out]), torch.stack([c for _, c in out])
 
 
@@ -297,7 +313,7 @@ def _row_significance(w: torch.Tensor, fraction: float) -> tuple[torch.Tensor, t
     if k <= TOPK_FRACTION * len(w):
         ordered = torch.topk(w, k, sorted=True).values
         count = (torch.cumsum(ordered.double(), 0) < goal).sum() + 1
-        count = torch.minimum(torch.minimum(count, torch.tensor(k)), nonzero)
+        count = torch.minimum(count.clamp(max=k), nonzero)
         return ordered[count - 1], count
     int_type, mantissa = _FLOAT_BITS[w.dtype]
     bits = w.contiguous().view(int_type) >> (mantissa - SUB_BINS_BITS)  # monotone in w ≥ 0
@@ -310,7 +326,7 @@ def _row_significance(w: torch.Tensor, fraction: float) -> tuple[torch.Tensor, t
     ordered = torch.sort(w[bins == crossing], descending=True).values
     above = counts[:crossing].sum()
     within = (cum[crossing] - hist[crossing] + torch.cumsum(ordered.double(), 0) < goal).sum() + 1
-    within = torch.minimum(within, torch.tensor(len(ordered)))
+    within = within.clamp(max=len(ordered))
     threshold, count = ordered[within - 1], above + within
     if bool(count > nonzero):  # the sum reached only with the zeros (rounding, fraction → 1)
         positive = w[w > 0]
@@ -335,7 +351,7 @@ class Pixels:
     @classmethod
     def of(cls, batch: ImageBatch, win: FrequencyWindow, model: Model, weighting) -> Pixels:
         sigma2 = model.sigma2_noise[batch.group][:, win.shell]
-        scale = torch.from_numpy(np.asarray(model.scale, dtype=np.float64))[batch.scale_group]
+        scale = torch.from_numpy(np.asarray(model.scale, dtype=np.float64)).to(sigma2.device)[batch.scale_group]
         c_ref, c_image, c2 = batch.ctf_terms(win, scale)
         return cls(batch.window(win), batch.window(win, masked=False), c_ref, c_image, c2,
                    weighting.noise_weights(sigma2, win.shell), sigma2, scale)
@@ -379,7 +395,7 @@ def project_rows(projectors: list[Projector], matrices: torch.Tensor, classes: t
     """Projections of rows (R,) of mixed classes at frequencies k (K, 2) → (R, K) complex."""
     if len(projectors) == 1:
         return projectors[0].project_frequencies(matrices, k)
-    out = torch.empty((len(matrices), len(k)), dtype=projectors[0].spectrum.dtype)
+    out = torch.empty((len(matrices), len(k)), dtype=projectors[0].spectrum.dtype, device=k.device)
     for c in torch.unique(classes).tolist():
         sel = classes == c
         out[sel] = projectors[c].project_frequencies(matrices[sel], k)
@@ -428,14 +444,14 @@ def expectation(
     if cand.per_image is not None:
         log_w = torch.where((cand.per_image < 0)[:, None, :], torch.full_like(log_w, -torch.inf), log_w)
     with STAGES("pass 1: weights and significance"):
-        w1, _ = st.weighting.unnormalised(log_w.reshape(n_b, -1), torch.arange(n_b), n_b)
+        w1, _ = st.weighting.unnormalised(log_w.reshape(n_b, -1), torch.arange(n_b, device=log_w.device), n_b)
         thr1, count1 = significance(w1, st.adaptive_fraction)
     if st.maxsig is not None:  # RELION --maxsig: at most this many coarse samples per image
         top = torch.topk(w1, min(st.maxsig, w1.shape[1]), dim=1).values[:, -1]
         thr1 = torch.maximum(thr1, top)
         count1 = torch.minimum(count1, torch.full_like(count1, st.maxsig))
     significant = (w1 >= thr1[:, None]).reshape(loglik.shape)
-    results.n_significant[batch.indices] = count1.numpy()
+    results.n_significant[batch.indices] = count1.cpu().numpy()
     n_sig = int(significant.sum())
     if fine_grid is not None:
         with STAGES("fine projections"):
@@ -507,19 +523,20 @@ def _fine_pass(batch, model, projectors, cand, st, sig_b, sig_t, sig_r, sig_prio
     os_ = st.oversampling
     win = st.fine_window
     n_child = (2 if cand.table.in_plane else 8) ** os_  # children per coarse orientation
+    device = sig_r.device
     if grid is not None:
         mats, proj, classes = grid.matrices, grid.proj, grid.classes
-        rows = sig_r[:, None] * n_child + torch.arange(n_child)[None]
+        rows = sig_r[:, None] * n_child + torch.arange(n_child, device=device)[None]
     else:
         uniq_r, inv_r = torch.unique(sig_r, return_inverse=True)
-        children = oversampled_children(cand.table, uniq_r.numpy(), os_)
+        children = oversampled_children(cand.table, uniq_r.cpu().numpy(), os_)
         mats = _child_matrices(cand, uniq_r, children, n_child)
         classes = cand.classes[uniq_r].repeat_interleave(n_child)
         proj = Projections.of(project_rows(projectors, mats, classes, win.k_ref))  # (U·nr, K)
-        rows = inv_r[:, None] * n_child + torch.arange(n_child)[None]  # (S, nr)
+        rows = inv_r[:, None] * n_child + torch.arange(n_child, device=device)[None]  # (S, nr)
     nt = shifts.n_child
     n_t = len(st.translations_px)
-    shift = sig_t[:, None] * nt + torch.arange(nt)[None]  # (S, nt)
+    shift = sig_t[:, None] * nt + torch.arange(nt, device=device)[None]  # (S, nt)
     px = Pixels.of(batch, win, model, st.weighting)
     # distinct (image, coarse t) pairs; the samples come sorted by image then t, so by pair
     pair, pair_of = torch.unique(sig_b * n_t + sig_t, return_inverse=True)
@@ -528,7 +545,7 @@ def _fine_pass(batch, model, projectors, cand, st, sig_b, sig_t, sig_r, sig_prio
     wx = px.w * px.c_ref
     wc2 = (px.w * px.c_ref**2).to(torch.float32)
     n_s = len(sig_b)
-    loglik = torch.empty((n_s, nt, n_child), dtype=torch.float64)
+    loglik = torch.empty((n_s, nt, n_child), dtype=torch.float64, device=device)
     term2 = px.term2()
     chunk = max(1, 4_000_000 // max(len(win.k), 1) // (nt + n_child))
     for s0 in range(0, n_s, chunk):
@@ -541,15 +558,16 @@ def _fine_pass(batch, model, projectors, cand, st, sig_b, sig_t, sig_r, sig_prio
         loglik[sl] = st.weighting.log_likelihood(term1, cross, term2[b][:, None, None])
     log_w = loglik + sig_prior[:, None, None] if st.weighting.uses_priors else loglik
     weight, log_sum = posteriors(st.weighting, log_w.reshape(n_s, -1), sig_b, len(batch), st.adaptive_fraction)
-    direction = torch.from_numpy(cand.table.direction)[sig_r]
+    direction = torch.from_numpy(cand.table.direction).to(device)[sig_r]
     return FineSamples(sig_b, shift, rows, weight.reshape(log_w.shape), mats, classes, proj, direction, log_sum)
 
 
 def _child_matrices(cand: Candidates, uniq_r: torch.Tensor, children: OrientationGrid, n_child: int) -> torch.Tensor:
     """Fine rotation matrices, carrying each parent's perturbation (A_parent⁻¹·A_perturbed)."""
-    parent_plain = cand.table.matrices()[uniq_r]
+    device = cand.matrices.device
+    parent_plain = cand.table.matrices().to(device)[uniq_r]
     perturb = parent_plain.transpose(1, 2) @ cand.matrices[uniq_r]  # E per parent
-    return children.matrices() @ perturb.repeat_interleave(n_child, dim=0)
+    return children.matrices().to(device) @ perturb.repeat_interleave(n_child, dim=0)
 
 
 def _add_residuals(sums: Sums, results: ParticleResults, batch: ImageBatch, shell: torch.Tensor,
@@ -564,17 +582,17 @@ def _add_residuals(sums: Sums, results: ParticleResults, batch: ImageBatch, shel
                                per_image.reshape(-1).double(), accumulate=True)
         sums.sigma2[:, : beyond.shape[1]].index_add_(0, batch.group, beyond)  # (the images' own shells)
         sums.n_images.index_add_(0, batch.group, gamma_image.double())
-    results.residual_power[batch.indices] = (per_image.sum(dim=1) + beyond.sum(dim=1)).numpy()
+    results.residual_power[batch.indices] = (per_image.sum(dim=1) + beyond.sum(dim=1)).cpu().numpy()
 
 
 def _add_scale_sums(sums: Sums, batch: ImageBatch, px: Pixels, product: torch.Tensor, power: torch.Tensor,
                     gamma_image: torch.Tensor) -> None:
     """Σγ Re(conj(s·C·V̂)·X)/s and Σγ|s·C·V̂|²/s² per image (B,) (shells with data_vs_prior > 3) into
     the sums of each image's intensity-scale group (RELION `storeWeightedSums`)."""
-    g = batch.scale_group
-    sums.signal_product += np.bincount(g.numpy(), (product / px.scale).numpy(), len(sums.signal_product))
-    sums.reference_power += np.bincount(g.numpy(), (power / px.scale**2).numpy(), len(sums.reference_power))
-    sums.scale_weight += np.bincount(g.numpy(), gamma_image.numpy(), len(sums.scale_weight))
+    g = batch.scale_group.cpu().numpy()
+    sums.signal_product += np.bincount(g, (product / px.scale).cpu().numpy(), len(sums.signal_product))
+    sums.reference_power += np.bincount(g, (power / px.scale**2).cpu().numpy(), len(sums.reference_power))
+    sums.scale_weight += np.bincount(g, gamma_image.cpu().numpy(), len(sums.scale_weight))
 
 
 def _scale_shells(model: Model, win: FrequencyWindow) -> torch.Tensor:
@@ -610,13 +628,14 @@ def _accumulate(batch: ImageBatch, model: Model, st: EStepSettings, fine: FineSa
     proj = fine.proj[used]
     # back-projection: data_u += Σ γ C X⁰ shift(t)/σ², weight_u += Σ γ C²/σ²; and the residual
     # cross term Σγ Re(conj(shift(X))·sCP) per pair, a bounded number of pairs at a time
-    data = torch.zeros((len(used), 2 * kk))
-    s3_image = torch.zeros((n_b, kk), dtype=torch.float64)
-    product = torch.zeros(n_b, dtype=torch.float64)
+    device = gamma.device
+    data = torch.zeros((len(used), 2 * kk), device=device)
+    s3_image = torch.zeros((n_b, kk), dtype=torch.float64, device=device)
+    product = torch.zeros(n_b, dtype=torch.float64, device=device)
     strong = _scale_shells(model, win).to(torch.float64) if st.scale_sums else None
     by_pair = torch.argsort(p_loc)
     chunk = max(1, 2_000_000 // kk)
-    edges = torch.searchsorted(p_loc[by_pair], torch.arange(0, len(pair) + chunk, chunk)).tolist()
+    edges = torch.searchsorted(p_loc[by_pair], torch.arange(0, len(pair) + chunk, chunk, device=device)).tolist()
     for c, (lo, hi) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
         if lo == hi:
             continue
@@ -637,28 +656,31 @@ def _accumulate(batch: ImageBatch, model: Model, st: EStepSettings, fine: FineSa
         grid.weight.index_add_(0, used, weight)
     else:
         insert_rows(sums, data, weight, fine.matrices[used], fine.classes[used], win.k_ref)
-    g_img = torch.zeros(n_b, dtype=torch.float64).index_add_(0, b, gamma)
+    g_img = torch.zeros(n_b, dtype=torch.float64, device=device).index_add_(0, b, gamma)
     if residuals:
         # Σγ|sCP|² per (image, class)
         bc, bc_loc = torch.unique(b * n_cls + cls, return_inverse=True)
         bc_b, bc_c = bc // n_cls, bc % n_cls
         s1 = torch.sparse.mm(_sparse(bc_loc, u_loc, gamma, (len(bc), len(used))), proj.abs2).double()
         s1 = s1 * px.c_ref[bc_b] ** 2
-        per_image = torch.zeros((n_b, kk), dtype=torch.float64).index_add_(0, bc_b, s1)
+        per_image = torch.zeros((n_b, kk), dtype=torch.float64, device=device).index_add_(0, bc_b, s1)
         per_image += px.x.abs() ** 2 * g_img[:, None] - 2 * s3_image
         if st.weighting.updates_noise or st.norm_residuals:
             _add_residuals(sums, results, batch, win.shell, per_image, g_img, st.weighting.updates_noise)
         if strong is not None:
-            power = torch.zeros(n_b, dtype=torch.float64).index_add_(0, bc_b, (s1 * strong[bc_c]).sum(dim=1))
+            power = torch.zeros(n_b, dtype=torch.float64, device=device).index_add_(
+                0, bc_b, (s1 * strong[bc_c]).sum(dim=1))
             _add_scale_sums(sums, batch, px, product, power, g_img)
     t_px = shifts.t_px[shift]
     t_rel = (batch.offset0_px[b] + t_px - batch.offset_prior_px[b]) * st.pixel_size
     sums.offset_sq += float((gamma * (t_rel**2).sum(dim=1)).sum())
-    np.add.at(sums.pdf_direction, (cls.numpy(), fine.direction[s].numpy()), gamma.numpy())
-    class_post = torch.zeros((n_b, n_cls), dtype=torch.float64).index_put_((b, cls), gamma, accumulate=True)
-    best_val = torch.full((n_b,), -1.0, dtype=torch.float64).scatter_reduce(0, b, gamma, reduce="amax")
+    np.add.at(sums.pdf_direction, (cls.cpu().numpy(), fine.direction[s].cpu().numpy()), gamma.cpu().numpy())
+    class_post = torch.zeros((n_b, n_cls), dtype=torch.float64, device=device).index_put_(
+        (b, cls), gamma, accumulate=True)
+    best_val = torch.full((n_b,), -1.0, dtype=torch.float64, device=device).scatter_reduce(
+        0, b, gamma, reduce="amax")
     is_best = gamma >= best_val[b]
-    pick = torch.full((n_b,), len(gamma), dtype=torch.long)
+    pick = torch.full((n_b,), len(gamma), dtype=torch.long, device=device)
     pick.scatter_reduce_(0, b[is_best], torch.nonzero(is_best).squeeze(1), reduce="amin")
     _record(batch, results, sums, fine.matrices[u[pick]], cls[pick], t_px[pick], best_val, fine.log_sum,
             class_post, px)
@@ -670,25 +692,25 @@ def _record(batch: ImageBatch, results: ParticleResults, sums: Sums, best_matrix
     """Per-particle results of a batch (best pose, class, Pmax, log-likelihood, class posteriors)
     and the class weights of the sums."""
     rows = batch.indices
-    results.angles[rows] = matrix_to_euler(best_matrix).numpy()
-    results.offsets_px[rows] = (batch.offset0_px + best_t_px).numpy()
-    results.classes[rows] = best_class.numpy()
-    results.pmax[rows] = pmax.double().numpy()
-    results.class_posterior[rows] = class_posterior.numpy()
+    results.angles[rows] = matrix_to_euler(best_matrix).cpu().numpy()
+    results.offsets_px[rows] = (batch.offset0_px + best_t_px).cpu().numpy()
+    results.classes[rows] = best_class.cpu().numpy()
+    results.pmax[rows] = pmax.double().cpu().numpy()
+    results.class_posterior[rows] = class_posterior.cpu().numpy()
     # rlnLogLikeliContribution = log Σ_j − Σ_{pixels, i>0} log(2πσ²) (ALGORITHM §4.5)
     norm = torch.where(px.w > 0, torch.log(2 * torch.pi * px.sigma2), 0.0).sum(dim=1)
-    results.loglik[rows] = (log_sum - norm).numpy()
+    results.loglik[rows] = (log_sum - norm).cpu().numpy()
     sums.loglik += float(log_sum.sum())
-    sums.class_weight += class_posterior.sum(dim=0).numpy()
+    sums.class_weight += class_posterior.sum(dim=0).cpu().numpy()
 
 
 def _beyond_window_power(batch: ImageBatch, r_max: int) -> torch.Tensor:
     """Σ|X_b|² per image (B, S) for shells r_max < i ≤ N/2 (no signal assumed there, ALGORITHM §5.5)."""
     box = batch.masked.shape[-2]
-    full = FrequencyWindow.build(box, box)
+    full = FrequencyWindow.build(box, box, device=batch.masked.device)
     outside = full.shell > r_max
     power = batch.masked.reshape(len(batch), -1)[:, full.index[outside]].abs() ** 2
-    out = torch.zeros((len(batch), box // 2 + 1), dtype=torch.float64)
+    out = torch.zeros((len(batch), box // 2 + 1), dtype=torch.float64, device=power.device)
     return out.index_add_(1, full.shell[outside], power)
 
 
@@ -713,15 +735,19 @@ class FineGrid:
 
     @classmethod
     def build(cls, cand: Candidates, oversampling: int, window: FrequencyWindow) -> FineGrid:
-        every = torch.arange(len(cand.table))
-        children = oversampled_children(cand.table, every.numpy(), oversampling)
+        device = cand.matrices.device
+        every = torch.arange(len(cand.table), device=device)
+        children = oversampled_children(cand.table, np.arange(len(cand.table)), oversampling)
         n_child = len(children) // len(cand.table)
         mats = _child_matrices(cand, every, children, n_child)
         classes = cand.classes.repeat_interleave(n_child)
         n, k = len(mats), len(window.k)
-        proj = Projections(torch.zeros((n, 2 * k)), torch.zeros((n, k)))
-        return cls(mats, every.repeat_interleave(n_child), classes, proj, torch.zeros(len(every), dtype=torch.bool),
-                   torch.zeros((n, 2 * k)), torch.zeros((n, k)))
+
+        def zeros(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+            return torch.zeros(shape, dtype=dtype, device=device)
+
+        return cls(mats, every.repeat_interleave(n_child), classes, Projections(zeros(n, 2 * k), zeros(n, k)),
+                   zeros(len(every), dtype=torch.bool), zeros(n, 2 * k), zeros(n, k))
 
     def project(self, projectors: list[Projector], coarse_rows: torch.Tensor, window: FrequencyWindow) -> None:
         """Make sure the children of `coarse_rows` (n,) are projected."""
@@ -729,7 +755,7 @@ class FineGrid:
         if len(todo) == 0:
             return
         n_child = len(self.parent) // len(self.projected)
-        rows = (todo[:, None] * n_child + torch.arange(n_child)[None]).reshape(-1)
+        rows = (todo[:, None] * n_child + torch.arange(n_child, device=todo.device)[None]).reshape(-1)
         new = Projections.of(project_rows(projectors, self.matrices[rows], self.classes[rows], window.k_ref))
         self.proj.real[rows] = new.real
         self.proj.abs2[rows] = new.abs2
@@ -755,7 +781,7 @@ def _dense_fine(batch, model, st, significant, prior_t, cand, grid: FineGrid, fi
     kk = len(win.k)
     group = max(1, int(DENSE_BYTES // (n_t4 * n_f * 4)))
     for g0 in range(0, len(batch), group):
-        g = torch.arange(g0, min(len(batch), g0 + group))
+        g = torch.arange(g0, min(len(batch), g0 + group), device=p_real.device)
         n_g = len(g)
         y = px.x[g][:, None, :] * shifts[None]  # (G, T4, K)
         a = _real_cat(y * (px.w * px.c_ref)[g][:, None, :]).reshape(-1, 2 * kk)
@@ -767,12 +793,12 @@ def _dense_fine(batch, model, st, significant, prior_t, cand, grid: FineGrid, fi
             log_w = st.weighting.centred(term1[:, None, :], cross, term2.to(torch.float32)[:, None, None])
             # priors, and −∞ off the children of significant coarse samples: added per coarse (t, r)
             # to blocks of the fine grid (fine shifts and rows come in blocks of children)
-            coarse = torch.full(significant[g].shape, -torch.inf)
+            coarse = torch.full(significant[g].shape, -torch.inf, device=p_real.device)
             coarse[significant[g]] = 0.0
             if st.weighting.uses_priors:
                 coarse += prior_t[g][:, :, None].to(torch.float32) + cand.log_prior.to(torch.float32)[None, None, :]
             log_w.view(n_g, n_t, fine_shifts.n_child, n_c, -1).add_(coarse[:, :, None, :, None])
-            gamma, log_sum = posteriors(st.weighting, log_w.view(n_g, -1), torch.arange(n_g), n_g,
+            gamma, log_sum = posteriors(st.weighting, log_w.view(n_g, -1), torch.arange(n_g, device=g.device), n_g,
                                         st.adaptive_fraction)
             if isinstance(st.weighting, Marginalisation):
                 log_sum -= term2  # the centred log-likelihood left −Σ w|X|² out
@@ -782,9 +808,10 @@ def _dense_fine(batch, model, st, significant, prior_t, cand, grid: FineGrid, fi
             per_row = _dense_sums(sub, model, st, px_g, gam, y, grid, shifts, sums, results)
         t_rel = (sub.offset0_px[:, None, :] + t_all[None] - sub.offset_prior_px[:, None, :]) * st.pixel_size
         sums.offset_sq += float((gam.sum(dim=2).double() * (t_rel**2).sum(-1)).sum())
-        per_row_all = per_row.sum(dim=0).double().numpy()
-        np.add.at(sums.pdf_direction, (grid.classes.numpy(), cand.table.direction[grid.parent.numpy()]), per_row_all)
-        class_post = torch.zeros((n_g, model.n_classes), dtype=torch.float64)
+        per_row_all = per_row.sum(dim=0).double().cpu().numpy()
+        np.add.at(sums.pdf_direction, (grid.classes.cpu().numpy(), cand.table.direction[grid.parent.cpu().numpy()]),
+                  per_row_all)
+        class_post = torch.zeros((n_g, model.n_classes), dtype=torch.float64, device=g.device)
         class_post.index_add_(1, grid.classes, per_row.double())
         pick = gamma.argmax(dim=1)
         it, ir = pick // n_f, pick % n_f
@@ -808,10 +835,10 @@ def _dense_sums(sub: ImageBatch, model: Model, st: EStepSettings, px: Pixels, ga
     g_img = gam.sum(dim=(1, 2)).double()
     if st.weighting.updates_noise or st.norm_residuals or st.scale_sums:
         # per class: Σγ|sCP|² (s1) and Σγ Re(conj(sCP)·shift(X)) (s3) per image and pixel
-        s1 = torch.zeros((n_g, kk), dtype=torch.float64)
-        s3 = torch.zeros((n_g, kk), dtype=torch.float64)
+        s1 = torch.zeros((n_g, kk), dtype=torch.float64, device=gam.device)
+        s3 = torch.zeros_like(s1)
         strong = _scale_shells(model, win) if st.scale_sums else None
-        product, power = torch.zeros(n_g, dtype=torch.float64), torch.zeros(n_g, dtype=torch.float64)
+        product, power = torch.zeros_like(s1[:, 0]), torch.zeros_like(s1[:, 0])
         for c, rows in _class_blocks(grid.classes):
             s1_c = (per_row[:, rows] @ p_abs2[rows]).double() * px.c_ref**2
             q = (gam.reshape(-1, n_f)[:, rows] @ p_real[rows]).double()  # (G·T4, 2K)

@@ -3,6 +3,7 @@ Fourier transforms, CTFs and the frequency lists of the current windows (ALGORIT
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,6 +60,13 @@ class FrequencyWindow:
         size = min(box, 2 * round(self.size / (2 * scale)))
         return FrequencyWindow.build(box, size, device=self.k.device, scale=scale, ref_size=self.size)
 
+    def to(self, device: torch.device) -> FrequencyWindow:
+        """This window with its frequency lists on `device`."""
+        if self.k.device == torch.device(device):
+            return self
+        return dataclasses.replace(self, index=self.index.to(device), k=self.k.to(device),
+                                   shell=self.shell.to(device), k_ref=self.k_ref.to(device))
+
     @property
     def ref_shell(self) -> torch.Tensor:
         """(K,) shell of each frequency on the reference grid."""
@@ -98,7 +106,7 @@ class ImageBatch:
 
     def subset(self, members: torch.Tensor) -> ImageBatch:
         """The images at positions `members` (B',) of this batch."""
-        m = members.numpy()
+        m = members.cpu().numpy()
         return ImageBatch(self.indices[m], self.masked[members], self.unmasked[members], self.ctf[members],
                           self.offset0_px[members], self.offset_prior_px[members], self.group[members],
                           self.premultiplied[members], self.scale_group[members])
@@ -115,7 +123,7 @@ class ImageBatch:
         the back-projection weight s²C² (ALGORITHM §3.3, §5.6, pitfall 18); s : (B,) intensity scale
         of each image's group (default 1)."""
         c = self.ctf.reshape(len(self), -1)[:, win.index]
-        s = torch.ones(len(self), dtype=c.dtype) if scale is None else scale.to(c.dtype)
+        s = torch.ones(len(self), dtype=c.dtype, device=c.device) if scale is None else scale.to(c.dtype)
         s = s[:, None]
         pre = self.premultiplied[:, None]
         return s * torch.where(pre, c * c, c), s * torch.where(pre, torch.ones_like(c), c), (s * c) ** 2

@@ -3,6 +3,7 @@ after RELION's `MlModel` / `MlWsumModel`. K classes, G optics groups, S = N//2+1
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,6 +41,16 @@ class Model:
     @property
     def n_classes(self) -> int:
         return len(self.references)
+
+    def to(self, device: torch.device) -> Model:
+        """This model with its maps and spectra on `device` (itself when they are there already)."""
+        if self.sigma2_noise.device == torch.device(device):
+            return self
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device)
+        return dataclasses.replace(self, references=[r.to(device) for r in self.references],
+                                   sigma2_noise=move(self.sigma2_noise), tau2=move(self.tau2), fsc=move(self.fsc),
+                                   ssnr=move(self.ssnr), completeness=move(self.completeness))
 
     @classmethod
     def initial(cls, references: list[torch.Tensor], sigma2_noise: torch.Tensor, sigma_offset_angstrom: float,
@@ -100,6 +111,32 @@ class Sums:
                    torch.zeros(n_groups, dtype=torch.float64), np.zeros((n_classes, n_directions)),
                    np.zeros(n_classes), signal_product=np.zeros(n_scale_groups),
                    reference_power=np.zeros(n_scale_groups), scale_weight=np.zeros(n_scale_groups))
+
+    @property
+    def device(self) -> torch.device:
+        return self.sigma2.device
+
+    def zeros_on(self, device: torch.device) -> Sums:
+        """Zero statistics of the same shapes with the reconstructors and σ² sums on `device`."""
+        recs = [Reconstructor(r.box, pad=r.pad, r_max=r.r_max, ndim=r.ndim, device=device) for r in self.reconstructors]
+        return Sums(recs, torch.zeros_like(self.sigma2, device=device), torch.zeros_like(self.n_images, device=device),
+                    np.zeros_like(self.pdf_direction), np.zeros_like(self.class_weight),
+                    signal_product=np.zeros_like(self.signal_product),
+                    reference_power=np.zeros_like(self.reference_power), scale_weight=np.zeros_like(self.scale_weight))
+
+    def add_(self, other: Sums) -> None:
+        """Add the statistics of `other` (same shapes, any device) into these, in place."""
+        for mine, theirs in zip(self.reconstructors, other.reconstructors, strict=True):
+            mine.add(theirs)
+        self.sigma2 += other.sigma2.to(self.device)
+        self.n_images += other.n_images.to(self.device)
+        self.pdf_direction += other.pdf_direction
+        self.class_weight += other.class_weight
+        self.offset_sq += other.offset_sq
+        self.loglik += other.loglik
+        self.signal_product += other.signal_product
+        self.reference_power += other.reference_power
+        self.scale_weight += other.scale_weight
 
     def all_reduce(self, ranks: Ranks) -> None:
         """Sum these statistics over the ranks (each rank saw a share of the particles), in place."""

@@ -90,9 +90,6 @@ class Class2DConfig:
             raise EmberInputError(None, f"--psi_step must be in (0, 90] degrees (got {self.psi_step_deg})", "")
         if self.offset_step_px <= 0 or self.offset_range_px < 0:
             raise EmberInputError(None, "--offset_step must be > 0 and --offset_range ≥ 0 (pixels)", "")
-        if self.device != "cpu":
-            raise EmberInputError(None, "class2d runs on the CPU for now (only reconstruct takes cuda)",
-                                  "use --device cpu")
 
 
 @dataclass
@@ -151,7 +148,7 @@ def start(cfg: Class2DConfig, progress=None) -> Run:
     run_expectation_assigned(dataset, np.arange(n), classes, model, sampling, settings, sums, results,
                              prior_angles_deg=results.angles.copy(), prior_offsets_px=results.offsets_px.copy(),
                              symmetry=torch.eye(3, dtype=torch.float64)[None], mask_radius_px=radius,
-                             batch_size=cfg.batch_size, use_ctf=cfg.ctf, fixed_poses=True)
+                             batch_size=cfg.batch_size, use_ctf=cfg.ctf, fixed_poses=True, device=cfg.device)
     model.references = [rec.reconstruct().double() for rec in sums.reconstructors]
     if cfg.ini_high_angstrom:
         ini_shell = shell_of_resolution(cfg.ini_high_angstrom, box, pixel)
@@ -205,7 +202,7 @@ def iterate(run: Run, progress=None) -> None:
     run_expectation(run.dataset, rows, model, sampling, settings, sums, run.results,
                     prior_angles_deg=run.results.angles.copy(), prior_offsets_px=run.results.offsets_px.copy(),
                     symmetry=torch.eye(3, dtype=torch.float64)[None], mask_radius_px=run.mask_radius_px,
-                    batch_size=cfg.batch_size, use_ctf=cfg.ctf, progress=tick)
+                    batch_size=cfg.batch_size, use_ctf=cfg.ctf, progress=tick, device=cfg.device)
     run.ave_pmax = float(run.results.pmax[rows].mean())
     new = maximise(model, sums, ReferencePowerTau2(tau2, cfg.tau2_fudge), symmetry=torch.eye(3)[None],
                    mask_radius_px=run.mask_radius_px)

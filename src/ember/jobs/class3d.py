@@ -94,9 +94,6 @@ class Class3DConfig:
             raise EmberInputError(None, "--particle_diameter must be > 0 Å", "")
         if self.iterations < 1:
             raise EmberInputError(None, f"--iter must be ≥ 1 (got {self.iterations})", "")
-        if self.device != "cpu":
-            raise EmberInputError(None, "class3d runs on the CPU for now (only reconstruct takes cuda)",
-                                  "use --device cpu")
         if self.sigma_ang_deg is not None and self.sigma_ang_deg <= 0:
             raise EmberInputError(None, "--sigma_ang must be > 0 degrees", "")
         if self.offset_step_px <= 0 or self.offset_range_px < 0:
@@ -207,7 +204,7 @@ def iterate(run: Run, progress=None) -> None:
 
     common = dict(prior_angles_deg=run.results.angles.copy(), prior_offsets_px=run.results.offsets_px.copy(),
                   symmetry=run.symmetry, mask_radius_px=run.mask_radius_px, batch_size=cfg.batch_size,
-                  use_ctf=cfg.ctf, progress=tick, fixed_poses=cfg.skip_align)
+                  use_ctf=cfg.ctf, progress=tick, fixed_poses=cfg.skip_align, device=cfg.device)
     if st.iteration == 1 and k_classes > 1:
         assigned = seed_classes(n, k_classes, cfg.seed)
         run_expectation_assigned(run.dataset, np.arange(n), assigned, model, sampling, settings, sums, run.results,

@@ -100,8 +100,6 @@ class InitialModelConfig:
         if self.symmetry.upper() != "C1":
             raise EmberInputError(None, "initial-model builds the map in C1 and does not yet align it to symmetry axes",
                                   "run with --sym C1, then refine3d --sym with the result")
-        if self.device != "cpu":
-            raise EmberInputError(None, "initial-model runs on the CPU for now", "use --device cpu")
 
 
 @dataclass
@@ -229,7 +227,7 @@ def _random_subset_averages(dataset, results, model, classes, radius, cfg) -> li
     run_expectation_assigned(dataset, rows, classes[rows], model, sampling, settings, sums, results,
                              prior_angles_deg=results.angles.copy(), prior_offsets_px=results.offsets_px.copy(),
                              symmetry=torch.eye(3, dtype=torch.float64)[None], mask_radius_px=radius,
-                             batch_size=cfg.batch_size, use_ctf=cfg.ctf, fixed_poses=True)
+                             batch_size=cfg.batch_size, use_ctf=cfg.ctf, fixed_poses=True, device=cfg.device)
     return [rec.reconstruct().double() for rec in sums.reconstructors]
 
 
@@ -277,7 +275,7 @@ def iterate(run: Run) -> None:
         run_expectation(run.dataset, halves[h], model, sampling, settings, s, run.results,
                         prior_angles_deg=run.results.angles.copy(), prior_offsets_px=run.results.offsets_px.copy(),
                         symmetry=torch.eye(3, dtype=torch.float64)[None], mask_radius_px=run.mask_radius_px,
-                        batch_size=cfg.batch_size, use_ctf=cfg.ctf)
+                        batch_size=cfg.batch_size, use_ctf=cfg.ctf, device=cfg.device)
         sums.append(s)
     t = tau2_fudge(it, cfg)
     eta = step_size(it, cfg)

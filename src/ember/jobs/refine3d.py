@@ -109,9 +109,6 @@ class Refine3DConfig:
     def __post_init__(self) -> None:
         if self.particle_diameter_angstrom <= 0:
             raise EmberInputError(None, "--particle_diameter must be > 0 Å", "")
-        if self.device != "cpu":
-            raise EmberInputError(None, "refine3d runs on the CPU for now (only reconstruct takes cuda)",
-                                  "use --device cpu")
         if self.sigma_ang_deg is not None and self.sigma_ang_deg <= 0:
             raise EmberInputError(None, "--sigma_ang must be > 0 degrees", "")
         if self.offset_step_px <= 0 or self.offset_range_px < 0:
@@ -281,7 +278,7 @@ def iterate(run: Run, progress=None) -> None:
                         offset_priors_px=offset_priors, image_scales=model.avg_norm / run.norms,
                         symmetry=run.symmetry,
                         mask_radius_px=run.mask_radius_px, batch_size=cfg.batch_size, use_ctf=cfg.ctf,
-                        progress=tick)
+                        progress=tick, device=run.ranks.device)
     for s in sums:
         s.all_reduce(run.ranks)
     run.results.all_reduce(run.ranks, np.concatenate(mine))

@@ -94,7 +94,7 @@ class Reconstructor:
 
     def add(self, other: Reconstructor) -> None:
         """Add another reconstructor's accumulators (joining half-sets) before `prepare`."""
-        self.sums += other.sums
+        self.sums += other.sums.to(self.device)
 
     def add_prepared(self, first: Reconstructor, second: Reconstructor) -> None:
         """Become the sum of two prepared reconstructors (symmetry already applied)."""
