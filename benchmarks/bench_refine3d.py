@@ -1,7 +1,7 @@
 """Issue 4 bars: gold-standard refinement accuracy, the overfitting experiment and E-step speed.
 
 Run: python -m benchmarks.bench_refine3d [--n 10000] [--box 128] [--angpix 2.0] [--part all|speed|first|accuracy]
-     [--snr 0.05] [--healpix_order 2]
+     [--snr 0.05] [--healpix_order 2] [--device cpu|cuda] [--threads 2]
 
 Data: 6MSM (CFTR, 128 kDa, C1) simulated at SNR 0.05 (`--snr`, used by `--part first`), defocus
 1–3 µm. Refinement starts from the ground truth low-pass filtered to 40 Å (`--ini_high 40`),
@@ -71,7 +71,7 @@ def vs_truth(path: Path, truth: Path) -> float:
     return fsc_of_maps(a, b, px).resolution_05
 
 
-def accuracy(w: Path, n: int, box: int, angpix: float) -> list[tuple[str, str, str]]:
+def accuracy(w: Path, n: int, box: int, angpix: float, device: str = "cpu") -> list[tuple[str, str, str]]:
     star = simulate(w, n, box, angpix)
     truth = star.parent / "truth.mrc"
     rows = []
@@ -87,7 +87,9 @@ def accuracy(w: Path, n: int, box: int, angpix: float) -> list[tuple[str, str, s
         "--ini_high",
         "40",
         "--j",
-        "2",
+        str(torch.get_num_threads()),
+        "--device",
+        device,
         "-q",
     ]
     t, _ = run_ember("refine3d", *common, "--o", str(w / "bayes"))
@@ -131,13 +133,22 @@ def accuracy(w: Path, n: int, box: int, angpix: float) -> list[tuple[str, str, s
     return rows
 
 
-def speed(w: Path, n: int, box: int, angpix: float) -> list[tuple[str, str, str]]:
+def _start(cfg):
+    """The refinement's loop state with its E-steps on `cfg.device` (one process)."""
+    from ember.jobs.refine3d import start
+    from ember.parallel import Ranks
+
+    run = start(cfg)
+    run.ranks = Ranks(device=torch.device(cfg.device))
+    return run
+
+
+def speed(w: Path, n: int, box: int, angpix: float, device: str = "cpu") -> list[tuple[str, str, str]]:
     """One iteration at HEALPix order 2, oversampling 1, ±5 px in 1-px fine steps, window at 10 Å."""
     from ember.inference import estep
-    from ember.jobs.refine3d import Refine3DConfig, iterate, start
+    from ember.jobs.refine3d import Refine3DConfig, iterate
     from ember.maths.fourier import shell_of_resolution
 
-    torch.set_num_threads(2)
     star = simulate(w, n, box, angpix)
     cfg = Refine3DConfig(
         star=star,
@@ -147,8 +158,9 @@ def speed(w: Path, n: int, box: int, angpix: float) -> list[tuple[str, str, str]
         ini_high_angstrom=10.0,
         offset_range_px=5.0,
         offset_step_px=2.0,
+        device=device,
     )
-    run = start(cfg)
+    run = _start(cfg)
     run.state.iteration = 1
     # window at 10 Å: W = 2·(shell(10 Å)) exactly, no increment
     run.state.resolution_shell = shell_of_resolution(10.0, box, angpix)
@@ -161,15 +173,18 @@ def speed(w: Path, n: int, box: int, angpix: float) -> list[tuple[str, str, str]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     gemm_rate = estep.GEMM_STATS.flops / estep.GEMM_STATS.seconds / 1e9
     (a_shape, b_shape) = max(set(estep.GEMM_STATS.shapes), key=estep.GEMM_STATS.shapes.count)
-    a = torch.randn(*a_shape)
-    b = torch.randn(*b_shape)
+    a = torch.randn(*a_shape, device=device)
+    b = torch.randn(*b_shape, device=device)
+    torch.matmul(a, b)  # warm-up (cuBLAS handles)
+    estep._wait(a.is_cuda)
     reps, t0 = 5, time.perf_counter()
     for _ in range(reps):
         torch.matmul(a, b)
+    estep._wait(a.is_cuda)
     plain = reps * 2.0 * a.numel() * b.shape[-1] / (time.perf_counter() - t0) / 1e9
     return [
         (f"one iteration (E+M), {n} particles, box {box}, W = {run.state.current_size} (s)", f"{wall:.0f}", "—"),
-        ("particles per second (2 threads)", f"{n / wall:.1f}", "—"),
+        (f"particles per second ({device}, {torch.get_num_threads()} threads)", f"{n / wall:.1f}", "—"),
         ("peak RSS of the process (GiB; includes touched pages of the mapped stack)", f"{peak:.2f}", "—"),
         (f"cross-term GEMM GFLOP/s (shape {a_shape}@{b_shape})", f"{gemm_rate:.1f}", "—"),
         ("plain torch.matmul of the same shape, GFLOP/s", f"{plain:.1f}", "—"),
@@ -178,20 +193,22 @@ def speed(w: Path, n: int, box: int, angpix: float) -> list[tuple[str, str, str]
     ]
 
 
-def first_iteration(w: Path, n: int, box: int, angpix: float, snr: float, order: int) -> list[tuple[str, str, str]]:
+def first_iteration(w: Path, n: int, box: int, angpix: float, snr: float, order: int,
+                    device: str = "cpu") -> list[tuple[str, str, str]]:
     """The first iteration of the auto-refinement from the truth low-pass filtered to 40 Å (broad
     posteriors: the most expensive E-step of a run), with the share of each stage."""
     from ember.inference import estep
-    from ember.jobs.refine3d import Refine3DConfig, iterate, start
+    from ember.jobs.refine3d import Refine3DConfig, iterate
 
-    torch.set_num_threads(2)
     star = simulate(w, n, box, angpix, snr)
     cfg = Refine3DConfig(star=star, reference=star.parent / "truth.mrc", output=w / "first",
-                         particle_diameter_angstrom=DIAMETER, ini_high_angstrom=40.0, healpix_order=order)
+                         particle_diameter_angstrom=DIAMETER, ini_high_angstrom=40.0, healpix_order=order,
+                         device=device)
     (w / "first").mkdir(exist_ok=True)
-    run = start(cfg)
+    run = _start(cfg)
     run.state.iteration = 1
     estep.STAGES.enabled = True
+    estep.STAGES.cuda = device.startswith("cuda")
     estep.STAGES.seconds.clear()
     start_t = time.perf_counter()
     iterate(run)
@@ -215,16 +232,19 @@ def main() -> None:
     ap.add_argument("--part", choices=["all", "speed", "first", "accuracy"], default="all")
     ap.add_argument("--snr", type=float, default=0.05, help="SNR of the simulated data (--part first)")
     ap.add_argument("--healpix_order", type=int, default=2, help="starting HEALPix order (--part first)")
+    ap.add_argument("--device", default="cpu", help="E-step device: cpu or cuda")
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     w = args.work / (f"n{args.n}_b{args.box}" + (f"_snr{args.snr:g}" if args.snr != 0.05 else ""))
     w.mkdir(parents=True, exist_ok=True)
     rows = []
     if args.part in ("all", "speed"):
-        rows += speed(w, args.n, args.box, args.angpix)
+        rows += speed(w, args.n, args.box, args.angpix, args.device)
     if args.part in ("all", "first"):
-        rows += first_iteration(w, args.n, args.box, args.angpix, args.snr, args.healpix_order)
+        rows += first_iteration(w, args.n, args.box, args.angpix, args.snr, args.healpix_order, args.device)
     if args.part in ("all", "accuracy"):
-        rows += accuracy(w, args.n, args.box, args.angpix)
+        rows += accuracy(w, args.n, args.box, args.angpix, args.device)
     print(table(rows))
 
 

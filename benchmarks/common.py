@@ -9,7 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "structures"
+# the atomic models of ../shared (EMBER_STRUCTURES: another folder holding them, e.g. on a GPU machine)
+_BESIDE = Path(__file__).resolve().parents[2] / "shared" / "data" / "structures"
+SHARED = Path(os.environ.get("EMBER_STRUCTURES", _BESIDE))
 
 
 def run_ember(*args: str) -> tuple[float, float]:

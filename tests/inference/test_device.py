@@ -105,3 +105,17 @@ def test_estep_on_cuda_agrees_with_the_cpu(noisy, monkeypatch, case):
     torch.testing.assert_close(sums.sigma2, host_sums.sigma2, rtol=1e-4, atol=0)
     for a, b in zip(sums.reconstructors, host_sums.reconstructors, strict=True):
         torch.testing.assert_close(a.sums, b.sums, rtol=1e-3, atol=1e-3 * float(b.sums.abs().max()))
+
+
+def test_a_batch_that_does_not_fit_names_the_flag(noisy, monkeypatch):
+    """A device out of memory inside a batch → one line that names --batch_size."""
+    from ember.errors import EmberInputError
+    from ember.inference import engine
+
+    def full(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(engine, "expectation", full)
+    ds, truth = noisy
+    with pytest.raises(EmberInputError, match="batch of 5 particles does not fit.*--batch_size"):
+        _estep(ds, truth, "local search", "cpu")

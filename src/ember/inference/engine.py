@@ -10,6 +10,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from ember.errors import EmberInputError
 from ember.inference.estep import (
     STAGES,
     Candidates,
@@ -174,7 +175,11 @@ def _expectation_of_rows(dataset: ParticleDataSet, indices: np.ndarray, model: M
                                                    settings.coarse_window.k_ref))
         else:
             cand, proj = shared, proj_c
-        expectation(batch, model, projectors, cand, proj, settings, sums, results, grid)
+        try:
+            expectation(batch, model, projectors, cand, proj, settings, sums, results, grid)
+        except torch.cuda.OutOfMemoryError as err:
+            raise EmberInputError(None, f"the E-step of a batch of {len(idx)} particles does not fit in the memory "
+                                        f"of {device}", "use a smaller --batch_size") from err
         if progress:
             progress(len(idx))
     if grid is not None:

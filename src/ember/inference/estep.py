@@ -216,6 +216,7 @@ class StageTimes:
 
     enabled: bool = False
     seconds: dict = field(default_factory=dict)
+    cuda: bool = False  # wait for the GPU at each edge (its kernels run asynchronously)
 
     @contextmanager
     def __call__(self, name: str):
@@ -223,11 +224,19 @@ class StageTimes:
             yield
             return
         self.seconds.setdefault(name, 0.0)
+        _wait(self.cuda)
         start = time.perf_counter()
         try:
             yield
         finally:
+            _wait(self.cuda)
             self.seconds[name] += time.perf_counter() - start
+
+
+def _wait(cuda: bool) -> None:
+    """Block until the current GPU's queued kernels are done (timing only)."""
+    if cuda:
+        torch.cuda.synchronize()
 
 
 STAGES = StageTimes()
@@ -237,8 +246,10 @@ def _gemm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b, timed into GEMM_STATS when enabled."""
     if not GEMM_STATS.enabled:
         return a @ b
+    _wait(a.is_cuda)
     start = time.perf_counter()
     out = a @ b
+    _wait(a.is_cuda)
     GEMM_STATS.seconds += time.perf_counter() - start
     GEMM_STATS.flops += 2.0 * a.numel() * b.shape[-1]
     GEMM_STATS.shapes.append((tuple(a.shape), tuple(b.shape)))

@@ -156,7 +156,10 @@ def prepare_batch(
     offset_priors_px : (B, 2) centres of the offset prior (default 0, the box centre);
     image_scale : (B,) factors on the images, avg_norm/norm_j of the norm correction (default 1).
     """
-    images = torch.from_numpy(dataset.images(indices)).to(device, torch.float64)
+    images = torch.from_numpy(dataset.images(indices))
+    if torch.device(device).type == "cuda":  # page-locked, so that the copy runs at the bus's speed
+        images = images.pin_memory()
+    images = images.to(device, torch.float64, non_blocking=True)
     if image_scale is not None:
         images = images * torch.as_tensor(image_scale, dtype=torch.float64, device=device)[:, None, None]
     t0 = np.rint(offsets_px).astype(np.int64)
