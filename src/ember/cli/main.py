@@ -386,7 +386,7 @@ def initial_model(
     output: Annotated[Path, typer.Option("--o", help="Output folder (RELION job layout: run_itNNN_*).")],
     particle_diameter: Annotated[float, typer.Option("--particle_diameter", help="Particle diameter in Å (soft circular mask and solvent mask).")],
     n_classes: Annotated[int, typer.Option("--K", "--k", help="Number of classes (one map each).")] = 1,
-    sym: Annotated[str, typer.Option("--sym", help="Only C1 for now: the model is built in C1.")] = "C1",
+    sym: Annotated[str, typer.Option("--sym", help="Point group: the model is built in C1, then the largest class is put on its axes and symmetrised.")] = "C1",
     iterations: Annotated[int, typer.Option("--iter", help="Number of mini-batch iterations.")] = 200,
     tau2_fudge: Annotated[float, typer.Option("--tau2_fudge", help="Final regularisation parameter T (rises from 1).")] = 4.0,
     ini_high: Annotated[float, typer.Option("--ini_high", help="Resolution (Å) of the random-blob start.")] = 30.0,

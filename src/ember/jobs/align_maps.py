@@ -35,7 +35,8 @@ from ember.maths.fourier import (
 )
 from ember.maths.fsc import fsc, resolution_shell
 from ember.maths.rotations import axis_angle_matrix, matrix_to_euler, random_rotations
-from ember.operators.filters import lowpass_raised_cosine
+from ember.maths.symmetry import symmetry_generators, symmetry_operators
+from ember.operators.filters import lowpass_raised_cosine, symmetrise_map
 from ember.operators.interpolation import gather
 from ember.operators.masks import soft_sphere
 from ember.operators.projector import Projector
@@ -344,6 +345,80 @@ def align_maps(
     curve = fsc(fixed_t, torch.from_numpy(aligned).double())
     res05 = float(resolution_angstrom(resolution_shell(curve, 0.5), n, pixel))
     return AlignResult(rot, t_px * pixel, hand, corr, res05, aligned, score, other)
+
+
+@dataclass
+class SymmetryAlignment:
+    """A map moved onto the symmetry axes of a point group: aligned(r) = volume(Rᵀ(r − t)).
+
+    rotation : (3, 3); shift_angstrom : (3,) (x, y, z) Å; score : mean correlation of the aligned
+    map with its copies under the group's generators (1 = symmetric); aligned : the moved map and
+    symmetrised : its average over the group, (N, N, N) float32."""
+
+    rotation: np.ndarray
+    shift_angstrom: np.ndarray
+    score: float
+    aligned: np.ndarray
+    symmetrised: np.ndarray
+
+
+def _centre_of_mass_px(volume: np.ndarray) -> np.ndarray:
+    """(x, y, z) px from voxel N/2 of the positive density's centre of mass."""
+    rho = np.clip(volume.astype(np.float64), 0, None)
+    c = np.arange(volume.shape[0]) - volume.shape[0] // 2
+    total = max(rho.sum(), 1e-300)
+    return np.array([(rho.sum(axis=(0, 1)) * c).sum(), (rho.sum(axis=(0, 2)) * c).sum(),
+                     (rho.sum(axis=(1, 2)) * c).sum()]) / total
+
+
+def align_to_symmetry(volume: np.ndarray, pixel: float, symmetry: str, *, lowpass: float | None = None,
+                      angular_step: float = 15.0, seed: int = 0) -> SymmetryAlignment:
+    """Move a C1 map (N, N, N) onto the axes of point group `symmetry` (RELION's conventions, e.g.
+    Dn: n-fold on z, 2-fold on x) and average it over the group (RELION `relion_align_symmetry`).
+
+    The centre of mass goes to voxel N/2 (it lies on every symmetry axis); then the frame R is
+    searched over HEALPix directions × psi at `angular_step` degrees and refined locally, scoring
+    R by the correlation of the map with itself rotated by Rᵀ·g·R for each generator g (peak over
+    translations, maps low-passed at `lowpass` Å on a small box as in `align_maps`)."""
+    vol = np.asarray(volume, dtype=np.float32)
+    _check_pair(vol, vol, pixel)
+    generators = symmetry_generators(symmetry)
+    ops = symmetry_operators(symmetry)
+    n = vol.shape[0]
+    centre = _centre_of_mass_px(vol)
+    centred = apply_rigid(vol, np.eye(3), -centre)
+    if len(generators) == 0:
+        return SymmetryAlignment(np.eye(3), -centre * pixel, 1.0, centred, centred)
+    lowpass = default_lowpass(pixel) if lowpass is None else float(lowpass)
+    t = torch.from_numpy(centred).double()
+    small = min(n, max(SEARCH_BOX[0], min(SEARCH_BOX[1], _even(3 * n * pixel / lowpass + 1))))
+    prepared = _prepare(t, pixel, lowpass, small)
+    scorer = _Scorer(prepared, prepared, r_max=min(n * pixel / lowpass, small / 2 - 1))
+
+    def score(frames: torch.Tensor) -> torch.Tensor:
+        conjugated = frames.transpose(1, 2)[:, None] @ generators[None] @ frames[:, None]  # (B, n_gen, 3, 3)
+        best, _ = scorer.score(conjugated.reshape(-1, 3, 3))
+        return best.reshape(len(frames), -1).mean(dim=1)
+
+    order = max(0, math.ceil(math.log2(60.0 / angular_step) - 1e-9))
+    grid = coarse_orientations(order, np.arange(12 * 4**order)).matrices()
+    grid = grid @ random_rotations(1, torch.Generator().manual_seed(seed))[0]
+    scores = score(grid)
+    frame, best = grid[int(torch.argmax(scores))], float(scores.max())
+    step = angular_step_deg(order) / 2
+    while step >= 0.5:
+        cand = _local_grid(step) @ frame
+        s = score(cand)
+        i = int(torch.argmax(s))
+        if i == 0 or float(s[i]) <= best:
+            step /= 2
+            continue
+        frame, best = cand[i], float(s[i])
+    rotation = frame.numpy()
+    shift_px = -rotation @ centre
+    aligned = apply_rigid(vol, rotation, shift_px)
+    symmetrised = symmetrise_map(torch.from_numpy(aligned), ops).numpy().astype(np.float32)
+    return SymmetryAlignment(rotation, shift_px * pixel, best, aligned, symmetrised)
 
 
 def _full_shift(fixed: torch.Tensor, rotated: torch.Tensor, shell: float, guess_px: np.ndarray) -> np.ndarray:

@@ -5,7 +5,9 @@ mini-batch: E-step of two pseudo half-sets against the current map(s) on the sha
 per-half gradients g_h = (Σγ·C·X/σ² − Σγ·C²/σ²·V̂)/max(1, Σγ·C²/σ²) in the padded Fourier grid →
 adaptive moments (m1 per half, m2 from their difference) → an FSC estimate from the moments →
 V̂ ← V̂ + η_k·(F·ĝ − (1 − F)·V̂) → solvent flattening; σ², σ_offset and π_k follow running averages
-(μ = 0.9). Step size, T and mini-batch size follow RELION's schedules.
+(μ = 0.9). Step size, T and mini-batch size follow RELION's schedules. The maps are built in C1;
+with `--sym` the largest class is moved onto the group's axes and averaged over the group for
+`initial_model.mrc` (`align_maps.align_to_symmetry`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from ember.inference.schedule import AutoRefineState, coarse_size, current_size,
 from ember.io.atomic import atomic_path
 from ember.io.mrc import write_map
 from ember.io.particles import ParticleDataSet
+from ember.jobs.align_maps import align_to_symmetry
 from ember.jobs.common import ParticleRun, config_dict, job_report, select_device, write_job_json
 from ember.jobs.refine_io import (
     add_class_numbers,
@@ -51,7 +54,7 @@ from ember.jobs.refine_io import (
 )
 from ember.maths.fourier import resolution_angstrom, shell_of_resolution
 from ember.maths.rotations import matrix_to_euler, random_rotations
-from ember.maths.symmetry import symmetry_operators
+from ember.maths.symmetry import symmetry_generators, symmetry_operators
 from ember.operators.filters import lowpass_raised_cosine
 from ember.operators.masks import soft_mask_outside
 from ember.operators.projector import Projector
@@ -97,9 +100,7 @@ class InitialModelConfig:
             raise EmberInputError(None, "--particle_diameter must be > 0 Å", "")
         if self.n_classes < 1 or self.iterations < 1:
             raise EmberInputError(None, "--K and --iter must be ≥ 1", "")
-        if self.symmetry.upper() != "C1":
-            raise EmberInputError(None, "initial-model builds the map in C1 and does not yet align it to symmetry axes",
-                                  "run with --sym C1, then refine3d --sym with the result")
+        symmetry_operators(self.symmetry)  # a known point group, or a one-line error
 
 
 @dataclass
@@ -144,7 +145,13 @@ def initial_model(cfg: InitialModelConfig, progress=None) -> Path:
                         run.resolutions[-1], batch_size(run.state.iteration, len(run.dataset), cfg),
                         " ".join(f"{100 * p:.0f}" for p in run.model.class_prior), time.perf_counter() - t0)
     best = int(np.argmax(run.model.class_prior))
-    write_map(out / "initial_model.mrc", run.model.references[best].float().numpy(), run.pixel)
+    final = run.model.references[best].float().numpy()
+    if len(symmetry_generators(cfg.symmetry)):  # built in C1: onto the group's axes, then averaged over it
+        fit = align_to_symmetry(final, run.pixel, cfg.symmetry, seed=cfg.seed)
+        logger.info("class %d moved onto the %s axes (correlation with its symmetry mates %.3f) and symmetrised",
+                    best + 1, cfg.symmetry.upper(), fit.score)
+        final = fit.symmetrised
+    write_map(out / "initial_model.mrc", final, run.pixel)
     run.dataset.close()
     return out / "initial_model.mrc"
 

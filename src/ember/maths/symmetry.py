@@ -42,6 +42,16 @@ def _generators(name: str) -> tuple[list[tuple[tuple[float, float, float], int]]
     return _GENERATORS[name], _ORDER[name]
 
 
+def symmetry_generators(name: str) -> torch.Tensor:
+    """(n_gen, 3, 3) float64 generators of point group `name` (rotations by 2π/n about each
+    generating axis): a map invariant under these is invariant under the whole group; (0, 3, 3)
+    for C1."""
+    ops = symmetry_operators(name)  # validates the name
+    gens, _ = _generators(name.strip().upper())
+    mats = [axis_angle_matrix(torch.tensor(ax, dtype=torch.float64), 2 * math.pi / n) for ax, n in gens if n > 1]
+    return torch.stack(mats) if mats else ops[:0]
+
+
 def symmetry_operators(name: str) -> torch.Tensor:
     """(G, 3, 3) float64 rotation matrices of point group `name` (C1, Cn, Dn, T, O, I[1-4]).
 
