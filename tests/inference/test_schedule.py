@@ -246,3 +246,16 @@ def test_convergence_needs_all_three(fine, no_gain, no_change, converged):
               nr_iter_wo_hidden_changes=no_change)
     check_convergence(s)
     assert s.converged is converged
+
+
+@pytest.mark.parametrize(("acc_rot", "acc_trans", "order", "step"), [
+    (30.0, 1.0, 1, 2.0),    # 15° < 24° ≤ 30°: one order coarser; offsets not finer than the given 2 px
+    (5.0, 1.0, 2, 2.0),     # 7.5° is already coarser than 0.8·5°: the given order stays
+    (999.0, 999.0, 0, 4.75),  # no accuracy yet: order 0 at most; the step at most 0.95 × the 5 px range
+    (60.0, 2.0, 0, 3.2),    # 0.8 × 2 px × 2^os = 3.2 px
+])
+def test_coarser_sampling_follows_relion(acc_rot, acc_trans, order, step):
+    """RELION's --allow_coarser_sampling from the original order 2 (+ os 1 = 7.5°), offsets 2/5 px."""
+    from ember.inference.schedule import coarser_sampling
+
+    assert coarser_sampling(2, 1, 2.0, 5.0, acc_rot, acc_trans) == (order, pytest.approx(step))

@@ -1,9 +1,11 @@
 """ember class3d: β-galactosidase (5A1A) with and without one of its four subunits, 50/50, box 32."""
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import starfile
 import torch
 from typer.testing import CliRunner
 
@@ -34,8 +36,8 @@ def mixture(tmp_path_factory):
 
 
 def _config(star: Path, ref: Path, out: Path, **kw) -> Class3DConfig:
-    return Class3DConfig(star=star, reference=ref, output=out, n_classes=2, particle_diameter_angstrom=200.0,
-                         ini_high_angstrom=30.0, **kw)
+    return Class3DConfig(**{**dict(star=star, reference=ref, output=out, n_classes=2, particle_diameter_angstrom=200.0,
+                                   ini_high_angstrom=30.0), **kw})
 
 
 def _accuracy(data_star: Path, truth_star: Path) -> tuple[float, np.ndarray]:
@@ -92,6 +94,24 @@ def test_continue_gives_the_uninterrupted_result(mixture, tmp_path):
     for k in (1, 2):
         a, b = (read_map(tmp_path / r / f"run_it003_class00{k}.mrc")[0] for r in ("a", "b"))
         assert np.linalg.norm(a - b) / np.linalg.norm(a) < 1e-3
+
+
+def test_allow_coarser_sampling_starts_coarse_from_a_blurred_reference(mixture, tmp_path):
+    """--allow_coarser_sampling: from a 100 Å reference the expected accuracy is poor, so the first
+    iteration searches coarser than the given 7.5° / 2 px (RELION's rule), and says so in its
+    state; without the flag the given sampling is kept."""
+    star, ref, _ = mixture
+    table = starfile.read(star, always_dict=True)
+    table["particles"] = table["particles"].iloc[:300]
+    small = star.parent / "first300.star"
+    starfile.write(table, small)
+    runs = {}
+    for flag in (True, False):
+        out = tmp_path / str(flag)
+        class3d(_config(small, ref, out, iterations=1, allow_coarser_sampling=flag, ini_high_angstrom=100.0))
+        runs[flag] = json.loads((out / "run_it001_state.json").read_text())["state"]
+    assert runs[True]["healpix_order"] < 2 and runs[True]["offset_step_px"] > 2.0
+    assert runs[False]["healpix_order"] == 2 and runs[False]["offset_step_px"] == 2.0
 
 
 def test_bad_class_count_is_refused_in_one_line(mixture, tmp_path):

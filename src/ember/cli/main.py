@@ -466,6 +466,9 @@ def class3d(
     tau2_fudge: Annotated[float, typer.Option("--tau2_fudge", help="Regularisation parameter T (RELION's Class3D: 4).")] = 4.0,
     sigma_ang: Annotated[Optional[float], typer.Option("--sigma_ang", help="Local searches: σ (degrees) of the Gaussian prior around each particle's input angles.")] = None,
     skip_align: Annotated[bool, typer.Option("--skip_align", help="No alignment: classify with the input angles and offsets.")] = False,
+    allow_coarser_sampling: Annotated[bool, typer.Option(
+        "--allow_coarser_sampling", help="Each iteration, angular and offset steps as coarse as 80 % of the expected "
+        "accuracy allows (never finer than given).")] = False,
     maxsig: Annotated[Optional[int], typer.Option("--maxsig", help="At most this many significant coarse samples per image.")] = None,
     no_ctf: Annotated[bool, typer.Option("--no-ctf", help="Ignore the CTF columns.")] = False,
     continue_from: Annotated[Optional[Path], typer.Option("--continue", help="Resume from a run_itNNN_state.json.")] = None,
@@ -489,8 +492,8 @@ def class3d(
         star=star, reference=reference, output=output, n_classes=n_classes, particle_diameter_angstrom=particle_diameter,
         symmetry=sym, ini_high_angstrom=ini_high, iterations=iterations, healpix_order=healpix_order,
         oversampling=oversampling, offset_range_px=offset_range, offset_step_px=offset_step, tau2_fudge=tau2_fudge,
-        sigma_ang_deg=sigma_ang, skip_align=skip_align, maxsig=maxsig, ctf=not no_ctf, batch_size=batch_size,
-        device=device, threads=threads, seed=seed, continue_from=continue_from,
+        sigma_ang_deg=sigma_ang, skip_align=skip_align, allow_coarser_sampling=allow_coarser_sampling, maxsig=maxsig,
+        ctf=not no_ctf, batch_size=batch_size, device=device, threads=threads, seed=seed, continue_from=continue_from,
     )
     with progress_bar("class3d", quiet) as bar:
         model_star = run(cfg, bar)

@@ -148,3 +148,19 @@ def check_convergence(state: AutoRefineState) -> None:
     if (state.has_fine_enough_angular_sampling and state.nr_iter_wo_resol_gain >= 1
             and state.nr_iter_wo_hidden_changes >= 1):
         state.converged = True
+
+
+def coarser_sampling(healpix_order: int, oversampling: int, offset_step_px: float, offset_range_px: float,
+                     acc_rot_deg: float, acc_trans_px: float) -> tuple[int, float]:
+    """Classification's `--allow_coarser_sampling` (RELION `updateAngularSampling`, K > 1): the
+    coarsest HEALPix order whose fine step Δ(n + os) stays below 0.8·acc_rot, never finer than the
+    original `healpix_order` (nor below order 0), and the coarse offset step 0.8·acc_trans·2^os,
+    at most 0.95·range and never finer than the original step → (order, step px)."""
+    order, decreased = healpix_order, False
+    while order > 0 and angular_step_deg(order + oversampling) < 0.8 * acc_rot_deg:
+        order -= 1
+        decreased = True
+    if decreased and angular_step_deg(order + oversampling) >= 0.8 * acc_rot_deg:
+        order += 1  # back to the last order finer than 80 % of the accuracy
+    step = min(0.8 * acc_trans_px * 2**oversampling, 0.95 * offset_range_px)
+    return min(order, healpix_order), max(step, offset_step_px)

@@ -33,7 +33,13 @@ from ember.inference.sampling import (
     translation_grid,
     uniform_direction_pdf,
 )
-from ember.inference.schedule import AutoRefineState, coarse_size, current_size, resolution_from_ssnr
+from ember.inference.schedule import (
+    AutoRefineState,
+    coarse_size,
+    coarser_sampling,
+    current_size,
+    resolution_from_ssnr,
+)
 from ember.io.mrc import read_map
 from ember.io.particles import ParticleDataSet, check_map_matches
 from ember.jobs.common import ParticleRun, config_dict, job_report, select_device, write_job_json
@@ -77,6 +83,7 @@ class Class3DConfig:
     sigma_offset_angstrom: float = 10.0
     sigma_ang_deg: float | None = None
     skip_align: bool = False
+    allow_coarser_sampling: bool = False
     perturb: float = 0.5
     adaptive_fraction: float = 0.999
     maxsig: int | None = None
@@ -173,6 +180,8 @@ def iterate(run: Run, progress=None) -> None:
     rng = np.random.default_rng([cfg.seed, st.iteration])
     st.current_size = current_size(st, box, run.ave_pmax)
     fine_win = FrequencyWindow.build(box, st.current_size)
+    if cfg.allow_coarser_sampling and run.model.n_classes > 1 and not cfg.skip_align:
+        _coarser_sampling(run, fine_win, rng)
     w_c = coarse_size(st.healpix_order, cfg.particle_diameter_angstrom, box, pixel, st.current_size)
     coarse_win = FrequencyWindow.build(box, w_c if cfg.oversampling > 0 and not cfg.skip_align else st.current_size)
     model = run.model
@@ -229,6 +238,25 @@ def _maximise(run: Run, sums: Sums, tau2: torch.Tensor) -> Model:
     for k in np.flatnonzero(new.class_prior <= 0):
         new.references[k] = torch.zeros_like(new.references[k])
     return new
+
+
+def _coarser_sampling(run: Run, fine_win: FrequencyWindow, rng: np.random.Generator) -> None:
+    """`--allow_coarser_sampling`: this iteration's HEALPix order and offset step as coarse as 80 %
+    of the expected accuracy allows, never finer than the command line's (RELION, before each
+    E-step); the first iteration estimates the accuracy from the starting reference."""
+    st, cfg = run.state, run.cfg
+    if st.iteration == 1:
+        st.acc_rot_deg, st.acc_trans_px = _accuracy(run, fine_win, rng)
+    order, st.offset_step_px = coarser_sampling(cfg.healpix_order, st.oversampling, cfg.offset_step_px,
+                                                st.offset_range_px, st.acc_rot_deg, st.acc_trans_px)
+    if order != st.healpix_order:
+        st.healpix_order = order
+        run.directions = asymmetric_unit(order, run.symmetry)
+        pdf = uniform_direction_pdf(order, run.directions)
+        run.model.pdf_direction = np.tile(pdf, (run.model.n_classes, 1))
+    logger.info("coarser sampling: angular step %.2f°, offset step %.2f px (expected accuracy %.2f°, %.2f px)",
+                angular_step_deg(order + st.oversampling), st.offset_step_px / 2**st.oversampling,
+                st.acc_rot_deg, st.acc_trans_px)
 
 
 def _accuracy(run: Run, fine_win: FrequencyWindow, rng: np.random.Generator) -> tuple[float, float]:
