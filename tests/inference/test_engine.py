@@ -34,7 +34,7 @@ def _data(tmp: Path, model: Path, n: int, snr: float | None, seed: int, pixel: f
 
 
 def _estep(ds: ParticleDataSet, refs: list[torch.Tensor], sampling: SamplingState, priors: np.ndarray,
-           order: int = 2) -> tuple[ParticleResults, Sums]:
+           order: int = 2, batch_size: int = 64) -> tuple[ParticleResults, Sums]:
     n = len(ds)
     sigma2 = initial_sigma2(ds, np.arange(n), RADIUS)
     n_dirs = 12 * 4**order
@@ -46,7 +46,8 @@ def _estep(ds: ParticleDataSet, refs: list[torch.Tensor], sampling: SamplingStat
     sums = Sums.empty(BOX, len(refs), 1, n_dirs, r_max=BOX // 2)
     res = ParticleResults.empty(n, len(refs))
     run_expectation(ds, np.arange(n), model, sampling, st, sums, res, prior_angles_deg=priors,
-                    prior_offsets_px=np.zeros((n, 2)), symmetry=symmetry_operators("C1"), mask_radius_px=RADIUS)
+                    prior_offsets_px=np.zeros((n, 2)), symmetry=symmetry_operators("C1"), mask_radius_px=RADIUS,
+                    batch_size=batch_size)
     return res, sums
 
 
@@ -69,6 +70,41 @@ def test_local_priors_reach_every_pass2_group(noisy, monkeypatch):
     np.testing.assert_allclose(many.angles, one.angles, atol=1e-6)
     np.testing.assert_allclose(many.loglik, one.loglik, rtol=1e-9)
     assert float(sums_many.offset_sq) == pytest.approx(float(sums_one.offset_sq), rel=1e-6)
+
+
+def test_local_search_projections_are_reused_across_batches(noisy, monkeypatch):
+    """Local searches keep their coarse projections across batches (images in pose order): with
+    priors in two clusters far fewer rows are projected than without the cache, also with a cache
+    that must evict, and the results are the same (the same projections; only the order of the
+    sums changes)."""
+    from ember.inference import engine
+
+    ds, truth = noisy
+    gen = np.random.default_rng(0)
+    priors = ds.angles_deg()[np.arange(len(ds)) % 2] + gen.normal(0, 4, size=(len(ds), 3))
+    sampling = SamplingState(3, 1, 2.0, 1.0, np.arange(12 * 4**3), sigma_ang_deg=2 * angular_step_deg(4))
+    projected = []
+    plain = engine.project_rows
+
+    def counting(projectors, matrices, classes, k):
+        projected[-1] += len(matrices)
+        return plain(projectors, matrices, classes, k)
+
+    monkeypatch.setattr(engine, "project_rows", counting)
+    runs = {}
+    row_bytes = 12 * len(FrequencyWindow.build(BOX, BOX).k)  # 2K + K float32
+    for name, budget in (("none", 0), ("evicting", 320 * row_bytes), ("default", engine.CACHE_BYTES)):
+        monkeypatch.setattr(engine, "CACHE_BYTES", budget)
+        projected.append(0)
+        runs[name] = _estep(ds, [truth], sampling, priors, order=3, batch_size=2)
+    assert projected[2] < 0.5 * projected[0]
+    assert projected[2] > 320 and projected[1] < projected[0]  # 320 rows hold less than the whole E-step
+    (ref, ref_sums) = runs["none"]
+    for res, sums in (runs["evicting"], runs["default"]):
+        np.testing.assert_array_equal(res.angles, ref.angles)
+        np.testing.assert_allclose(res.pmax, ref.pmax, rtol=1e-9)
+        torch.testing.assert_close(sums.sigma2, ref_sums.sigma2, rtol=1e-9, atol=0)
+        torch.testing.assert_close(sums.reconstructors[0].sums, ref_sums.reconstructors[0].sums, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("n_classes", [1, 2])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+import healpy
 import numpy as np
 import torch
 
@@ -34,6 +35,8 @@ from ember.io.particles import ParticleDataSet
 from ember.maths.rotations import angular_distance_deg, euler_to_matrix
 from ember.operators.projector import Projector
 
+CACHE_BYTES = 1e9  # local-search projections kept across the batches of an E-step
+
 __all__ = ["global_candidates", "local_candidates", "pose_candidates", "reference_projector", "run_expectation",
            "run_expectation_assigned", "angular_changes"]
 
@@ -56,6 +59,60 @@ def global_candidates(sampling: SamplingState, model: Model, rho: float) -> Cand
     log_pdf = torch.from_numpy(_log(model.pdf_direction[:, grid.direction]).reshape(-1))
     cand.log_prior = cand.log_prior + log_pdf
     return cand
+
+
+class ProjectionCache:
+    """Coarse projections of local-search candidates kept across the batches of one E-step, keyed
+    by (class, HEALPix direction, psi index) (the perturbation is fixed within an E-step), so that
+    batches of neighbouring poses reuse them; the least recently used rows make room.
+
+    budget_bytes bounds the rows kept (2K + K float32 each at K frequencies)."""
+
+    def __init__(self, budget_bytes: float | None = None) -> None:
+        self.budget = CACHE_BYTES if budget_bytes is None else budget_bytes
+        self.keys = np.zeros(0, dtype=np.int64)  # (C,) key of each row, −1 free
+        self.last = np.zeros(0, dtype=np.int64)  # (C,) batch that last used each row
+        self.rows: Projections | None = None
+        self.batch = 0
+
+    def projections(self, cand: Candidates, projectors: list[Projector], k: torch.Tensor) -> Projections:
+        """The projections of every row of `cand.table` at frequencies k (K, 2), from the cache
+        where present; the rest are projected and kept."""
+        self.batch += 1
+        table = cand.table
+        keys = ((cand.classes.cpu().numpy() * (12 * 4**table.order) + table.direction) * table.n_psi
+                + table.psi_index)
+        if self.rows is None:
+            capacity = int(self.budget // (12 * max(len(k), 1)))
+            self.keys, self.last = np.full(capacity, -1, dtype=np.int64), np.zeros(capacity, dtype=np.int64)
+            self.rows = Projections(torch.empty((capacity, 2 * len(k)), device=k.device),
+                                    torch.empty((capacity, len(k)), device=k.device))
+        if len(keys) > len(self.keys):  # a batch larger than the cache: project it all
+            return Projections.of(project_rows(projectors, cand.matrices, cand.classes, k))
+        by_key = np.argsort(self.keys)
+        pos = np.minimum(np.searchsorted(self.keys[by_key], keys), len(by_key) - 1)
+        hit = self.keys[by_key[pos]] == keys
+        slots = np.where(hit, by_key[pos], -1)
+        self.last[slots[hit]] = self.batch
+        miss = np.flatnonzero(~hit)
+        if len(miss):
+            free = np.argsort(self.last, kind="stable")[: len(miss)]  # least recently used; never this batch's hits
+            rows = torch.from_numpy(miss).to(cand.matrices.device)
+            new = Projections.of(project_rows(projectors, cand.matrices[rows], cand.classes[rows], k))
+            at = torch.from_numpy(free).to(k.device)
+            self.rows.real[at], self.rows.abs2[at] = new.real, new.abs2
+            self.keys[free], self.last[free], slots[miss] = keys[miss], self.batch, free
+        return self.rows[torch.from_numpy(slots).to(k.device)]
+
+
+def orientation_order(angles_deg: np.ndarray) -> np.ndarray:
+    """An order of poses (n, 3) (rot, tilt, psi) degrees that keeps neighbours together: by the
+    NESTED HEALPix pixel of order 2 of the direction (15° patches along a space-filling curve),
+    then by psi in 30° bins; so that the batches of a local search share candidates."""
+    theta, phi = np.radians(angles_deg[:, 1]), np.radians(angles_deg[:, 0]) % (2 * np.pi)
+    pixel = healpy.ang2pix(4, theta, phi, nest=True)
+    psi_bin = np.floor((angles_deg[:, 2] % 360.0) / 30.0).astype(np.int64)
+    return np.argsort(pixel * 12 + psi_bin, kind="stable")
 
 
 def reference_projector(reference: torch.Tensor, r_max: int | None = None) -> Projector:
@@ -159,6 +216,10 @@ def _expectation_of_rows(dataset: ParticleDataSet, indices: np.ndarray, model: M
         if settings.oversampling > 0 and FineGrid.fits(len(shared.table), settings.oversampling, settings.fine_window):
             grid = FineGrid.build(shared, settings.oversampling, settings.fine_window)
     log_pi = _log(model.class_prior)
+    cache = None
+    if shared is None and not fixed_poses:  # local searches: batches of neighbouring poses share projections
+        indices = indices[orientation_order(prior_angles_deg[indices])]
+        cache = ProjectionCache()
     for start in range(0, len(indices), batch_size):
         idx = indices[start : start + batch_size]
         with STAGES("reading and transforming images"):
@@ -171,8 +232,8 @@ def _expectation_of_rows(dataset: ParticleDataSet, indices: np.ndarray, model: M
                 local_candidates(sampling, prior_angles_deg[idx], symmetry, model.rho)
             cand = cand.with_classes(log_pi).to(device)
             with STAGES("coarse projections"):
-                proj = Projections.of(project_rows(projectors, cand.matrices, cand.classes,
-                                                   settings.coarse_window.k_ref))
+                proj = cache.projections(cand, projectors, settings.coarse_window.k_ref) if cache is not None else \
+                    Projections.of(project_rows(projectors, cand.matrices, cand.classes, settings.coarse_window.k_ref))
         else:
             cand, proj = shared, proj_c
         try:
