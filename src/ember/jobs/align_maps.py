@@ -363,12 +363,13 @@ class SymmetryAlignment:
 
 
 def _centre_of_mass_px(volume: np.ndarray) -> np.ndarray:
-    """(x, y, z) px from voxel N/2 of the positive density's centre of mass."""
-    rho = np.clip(volume.astype(np.float64), 0, None)
-    c = np.arange(volume.shape[0]) - volume.shape[0] // 2
-    total = max(rho.sum(), 1e-300)
-    return np.array([(rho.sum(axis=(0, 1)) * c).sum(), (rho.sum(axis=(0, 2)) * c).sum(),
-                     (rho.sum(axis=(1, 2)) * c).sum()]) / total
+    """(x, y, z) px from voxel N/2 of the positive density's centre of mass (0 without any)."""
+    from scipy.ndimage import center_of_mass
+
+    positive = np.clip(volume.astype(np.float64), 0, None)
+    if not positive.any():
+        return np.zeros(3)
+    return np.array(center_of_mass(positive))[::-1] - volume.shape[0] // 2
 
 
 def align_to_symmetry(volume: np.ndarray, pixel: float, symmetry: str, *, lowpass: float | None = None,

@@ -48,8 +48,13 @@ def symmetry_generators(name: str) -> torch.Tensor:
     for C1."""
     ops = symmetry_operators(name)  # validates the name
     gens, _ = _generators(name.strip().upper())
-    mats = [axis_angle_matrix(torch.tensor(ax, dtype=torch.float64), 2 * math.pi / n) for ax, n in gens if n > 1]
+    mats = _rotations(g for g in gens if g[1] > 1)
     return torch.stack(mats) if mats else ops[:0]
+
+
+def _rotations(generators) -> list[torch.Tensor]:
+    """The rotation by 2π/n about each (axis, n) of `generators`."""
+    return [axis_angle_matrix(torch.tensor(ax, dtype=torch.float64), 2 * math.pi / n) for ax, n in generators]
 
 
 def symmetry_operators(name: str) -> torch.Tensor:
@@ -64,7 +69,7 @@ def symmetry_operators(name: str) -> torch.Tensor:
         raise EmberInputError(
             None, f"unknown or unsupported symmetry '{name}'", "use C1, Cn, Dn, T, O or I[1-4]"
         ) from None
-    mats = [axis_angle_matrix(torch.tensor(ax, dtype=torch.float64), 2 * math.pi / n) for ax, n in gens]
+    mats = _rotations(gens)
     group = [torch.eye(3, dtype=torch.float64)]
     frontier = list(group)
     while frontier:
