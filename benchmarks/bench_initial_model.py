@@ -10,12 +10,13 @@ simulated with `ember.jobs.simulate` (uniform orientations, defocus 1–3 µm, C
 radius plus 20 Å (at most the box).
 
 Each seed runs `initial_model(InitialModelConfig(star, output, particle_diameter_angstrom=D,
-iterations=--iter, seed=s, threads=2))` in this process, then `align_maps(truth, initial_model,
-pixel)` with both hands tried. Printed per run: wall time, peak RSS of this process so far
-(`resource.getrusage`; it only grows, so the first run of a structure after a smaller one is the
-one to read), whether the mirror image fitted, the correlation and the FSC 0.5 resolution against
-the truth; per structure the count of seeds better than 20 Å (bar: ≥ 4 of 5). Figures go to the
-terminal, to results.json in each structure's folder and (all of this invocation's) in --work.
+iterations=--iter, seed=s, threads=2, auto_sampling=not --fixed_sampling))` in this process, then
+`align_maps(truth, initial_model, pixel)` with both hands tried. Printed per run: wall time, peak
+RSS of this process so far (`resource.getrusage`; it only grows, so the first run of a structure
+after a smaller one is the one to read), whether the mirror image fitted, the correlation and the
+FSC 0.5 resolution against the truth; per structure the count of seeds better than 20 Å (bar: ≥ 4
+of 5). Figures go to the terminal, to results.json in each structure's folder and (all of this
+invocation's) in --work.
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ def run_structure(w: Path, path: Path, args) -> dict:
         out = w / f"seed{seed}"
         shutil.rmtree(out, ignore_errors=True)
         cfg = InitialModelConfig(star=star, output=out, particle_diameter_angstrom=diameter,
-                                 iterations=args.iter, seed=seed, threads=args.threads)
+                                 iterations=args.iter, seed=seed, threads=args.threads,
+                                 auto_sampling=not args.fixed_sampling)
         t0 = time.perf_counter()
         result = initial_model(cfg)
         wall = time.perf_counter() - t0
@@ -129,6 +131,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--iter", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--fixed_sampling", action="store_true", help="HEALPix order 1 throughout (no auto-sampling)")
     args = ap.parse_args()
     figures, rows = [], []
     for name in args.structures.split(","):

@@ -216,6 +216,22 @@ def test_local_searches_from_auto_local_order():
     assert s.sigma_ang_deg == pytest.approx(3.75)
 
 
+def test_gradient_refinement_ignores_hidden_changes_and_never_enters_local_searches():
+    """VDAM (§8.1.4, RELION 5 `--grad`): stalled resolution alone refines the sampling; from order
+    3 the order stays (order 4 would mean local searches) while the translations are still refined."""
+    s = stalled(nr_iter_wo_hidden_changes=0)
+    assert update_sampling(s, 0.5, auto_local_order=4, gradient=True) is True
+    assert s.healpix_order == 3 and s.sigma_ang_deg is None
+    s = stalled(healpix_order=3, acc_rot_deg=1.0, offset_range_px=5.0, offset_step_px=2.0)
+    assert update_sampling(s, 0.5, auto_local_order=4, gradient=True) is False
+    assert s.healpix_order == 3 and s.sigma_ang_deg is None
+    assert (s.offset_step_px, s.offset_range_px) == (pytest.approx(1.5), pytest.approx(2.5))  # 5 × 0.5 px
+    assert s.nr_iter_wo_resol_gain == 0
+    s = stalled(nr_iter_wo_resol_gain=0)
+    assert update_sampling(s, 0.5, auto_local_order=4, gradient=True) is False
+    assert s.healpix_order == 2
+
+
 @pytest.mark.parametrize(
     "acc_trans,rms_change,old_range,old_step,step,rng",
     [

@@ -391,6 +391,9 @@ def initial_model(
     tau2_fudge: Annotated[float, typer.Option("--tau2_fudge", help="Final regularisation parameter T (rises from 1).")] = 4.0,
     ini_high: Annotated[float, typer.Option("--ini_high", help="Resolution (Å) of the random-blob start.")] = 30.0,
     healpix_order: Annotated[int, typer.Option("--healpix_order", help="HEALPix order (1 = 30° coarse, 15° after oversampling).")] = 1,
+    auto_sampling: Annotated[bool, typer.Option(
+        "--auto_sampling/--no_auto_sampling", help="Every 10 iterations, finer angles and offsets when the expected "
+        "accuracy allows (RELION's rules, never into local searches: at most HEALPix order 3).")] = True,
     offset_range: Annotated[float, typer.Option("--offset_range", help="Translation search range in pixels.")] = 6.0,
     offset_step: Annotated[float, typer.Option("--offset_step", help="Coarse translation step in pixels.")] = 2.0,
     no_ctf: Annotated[bool, typer.Option("--no-ctf", help="Ignore the CTF columns.")] = False,
@@ -414,8 +417,8 @@ def initial_model(
     cfg = InitialModelConfig(
         star=star, output=output, particle_diameter_angstrom=particle_diameter, n_classes=n_classes, symmetry=sym,
         iterations=iterations, tau2_fudge=tau2_fudge, ini_high_angstrom=ini_high, healpix_order=healpix_order,
-        offset_range_px=offset_range, offset_step_px=offset_step, ctf=not no_ctf, batch_size=batch_size,
-        device=device, threads=threads, seed=seed, continue_from=continue_from,
+        auto_sampling=auto_sampling, offset_range_px=offset_range, offset_step_px=offset_step, ctf=not no_ctf,
+        batch_size=batch_size, device=device, threads=threads, seed=seed, continue_from=continue_from,
     )
     with progress_bar("initial-model", quiet) as bar:
         path = run(cfg, bar)

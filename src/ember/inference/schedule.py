@@ -37,6 +37,7 @@ class AutoRefineState:
     acc_rot_deg: float = 999.0
     acc_trans_px: float = 999.0
     current_size: int = 0
+    offset_change_px: float = 0.0  # RMS change of the best offsets in the last iteration (VDAM's auto-sampling)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -116,11 +117,15 @@ def update_hidden_changes(state: AutoRefineState, angle_change_deg: float, offse
     state.smallest_offset_change = min(state.smallest_offset_change, offset_change_px)
 
 
-def update_sampling(state: AutoRefineState, rms_offset_change_px: float, auto_local_order: int) -> bool:
+def update_sampling(state: AutoRefineState, rms_offset_change_px: float, auto_local_order: int,
+                    gradient: bool = False) -> bool:
     """Refine angles/translations when resolution and hidden variables have stalled (§6.4).
 
-    Returns True when the HEALPix order changed (the caller resets pdf_direction)."""
-    if state.iteration < 2 or state.nr_iter_wo_resol_gain < 1 or state.nr_iter_wo_hidden_changes < 1:
+    `gradient` (VDAM, §8.1.4): hidden-variable changes are ignored (RELION `--auto_ignore_angles`)
+    and the HEALPix order never reaches `auto_local_order` (no local searches); the translations
+    are still refined. Returns True when the HEALPix order changed (the caller resets pdf_direction)."""
+    stalled = state.nr_iter_wo_hidden_changes >= 1 or gradient
+    if state.iteration < 2 or state.nr_iter_wo_resol_gain < 1 or not stalled:
         return False
     if fine_angular_step(state) < 0.75 * state.acc_rot_deg:
         state.has_fine_enough_angular_sampling = True
@@ -135,13 +140,15 @@ def update_sampling(state: AutoRefineState, rms_offset_change_px: float, auto_lo
         step = rng / 4
     state.offset_step_px = min(step, state.offset_step_px)
     state.offset_range_px = rng
-    state.healpix_order += 1
-    if state.healpix_order >= auto_local_order:
-        state.sigma_ang_deg = 2 * fine_angular_step(state)
+    finer = not (gradient and state.healpix_order + 1 >= auto_local_order)
+    if finer:
+        state.healpix_order += 1
+        if state.healpix_order >= auto_local_order:
+            state.sigma_ang_deg = 2 * fine_angular_step(state)
     state.nr_iter_wo_resol_gain = 0
     state.nr_iter_wo_hidden_changes = 0
     state.smallest_angle_change = state.smallest_offset_change = 999.0
-    return True
+    return finer
 
 
 def check_convergence(state: AutoRefineState) -> None:

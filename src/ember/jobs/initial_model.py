@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ember.errors import EmberInputError
+from ember.inference.accuracy import expected_accuracy
 from ember.inference.engine import run_expectation, run_expectation_assigned
 from ember.inference.estep import EStepSettings
 from ember.inference.images import FrequencyWindow
@@ -36,7 +37,13 @@ from ember.inference.mstep import (
     update_sigma2,
 )
 from ember.inference.sampling import angular_step_deg, asymmetric_unit, next_perturbation, translation_grid
-from ember.inference.schedule import AutoRefineState, coarse_size, current_size, resolution_from_ssnr
+from ember.inference.schedule import (
+    AutoRefineState,
+    coarse_size,
+    current_size,
+    resolution_from_ssnr,
+    update_sampling,
+)
 from ember.io.atomic import atomic_path
 from ember.io.mrc import write_map
 from ember.io.particles import ParticleDataSet
@@ -66,6 +73,8 @@ logger = logging.getLogger(__name__)
 
 LAMBDA1, LAMBDA2 = 0.9, 0.999  # first and second moment decay (RELION)
 MU = 0.9  # running-average momentum of σ², σ_offset, π_k (RELION --mu)
+AUTO_SAMPLING_EVERY = 10  # mini-batches between sampling updates (RELION 5, gradient refinement)
+LOCAL_SEARCH_ORDER = 4  # auto-sampling stops below the order of local searches (HEALPix 3: 3.75° fine)
 
 
 @dataclass(frozen=True)
@@ -81,6 +90,7 @@ class InitialModelConfig:
     tau2_fudge: float = 4.0
     step_size: float = 0.5
     healpix_order: int = 1
+    auto_sampling: bool = True
     oversampling: int = 1
     offset_range_px: float = 6.0
     offset_step_px: float = 2.0
@@ -269,6 +279,11 @@ def iterate(run: Run) -> None:
     halves = [np.sort(rows[rng.permutation(len(rows)) % 2 == h]) for h in (0, 1)]
     st.current_size = current_size(st, box, 0.0)
     fine = FrequencyWindow.build(box, st.current_size)
+    if it < AUTO_SAMPLING_EVERY:
+        st.nr_iter_wo_resol_gain = 0
+    elif cfg.auto_sampling and it % AUTO_SAMPLING_EVERY == 0:
+        _auto_sampling(run, fine)
+    old_offsets = run.results.offsets_px[rows].copy()
     w_c = coarse_size(st.healpix_order, cfg.particle_diameter_angstrom, box, pixel, st.current_size)
     coarse = FrequencyWindow.build(box, w_c)
     model.rho = next_perturbation(model.rho, 0.5, rng)
@@ -305,10 +320,37 @@ def iterate(run: Run) -> None:
     _update_other_parameters(model, joint, prior)
     model.ssnr = torch.stack(ssnr)
     model.tau2 = torch.stack([reference_tau2(Projector.from_volume(r)) for r in model.references])
-    st.resolution_shell = resolution_from_ssnr(model.ssnr, model.class_prior)
+    shell = resolution_from_ssnr(model.ssnr, model.class_prior)
+    st.nr_iter_wo_resol_gain = st.nr_iter_wo_resol_gain + 1 if shell <= st.resolution_shell else 0
+    st.resolution_shell = shell
+    st.offset_change_px = float(np.sqrt(((run.results.offsets_px[rows] - old_offsets) ** 2).sum(1).mean() / 2))
     run.history.append(model.class_prior.tolist())
     run.resolutions.append(resolution_angstrom(st.resolution_shell, box, pixel))
     write_outputs(run, f"run_it{it:03d}", with_data=it % 10 == 0 or it == cfg.iterations)
+
+
+def _auto_sampling(run: Run, window: FrequencyWindow) -> None:
+    """RELION 5's `--auto_sampling` for gradient refinement, every 10 mini-batches: the expected
+    accuracies (§6.4) of 100 random particles at their current poses, best over classes; then
+    finer angles and translations when the resolution stalled in the last mini-batch and the fine
+    step is not yet below 75 % of the accuracy — never into local searches."""
+    st, model, cfg = run.state, run.model, run.cfg
+    rng = np.random.default_rng([cfg.seed, st.iteration, 1])
+    sample = np.sort(rng.choice(len(run.dataset), size=min(100, len(run.dataset)), replace=False))
+    sigma2 = model.sigma2_noise.mean(dim=0)[: run.box // 2 + 1]
+    acc = [expected_accuracy(Projector.from_volume(ref, r_max=window.size // 2), sigma2, run.dataset, sample,
+                             run.results.angles[sample], window, rng, cfg.ctf) for ref in model.references]
+    st.acc_rot_deg = min(a for a, _ in acc)
+    st.acc_trans_px = min(t for _, t in acc)
+    before = (st.healpix_order, st.offset_step_px, st.offset_range_px)
+    if update_sampling(st, st.offset_change_px, LOCAL_SEARCH_ORDER, gradient=True):
+        run.directions = asymmetric_unit(st.healpix_order, symmetry_operators("C1"))
+        n_dirs = 12 * 4**st.healpix_order
+        model.pdf_direction = np.full((model.n_classes, n_dirs), 1.0 / n_dirs)
+    if (st.healpix_order, st.offset_step_px, st.offset_range_px) != before:
+        logger.info("iteration %d: accuracy %.1f° / %.2f px → angular step %.2f°, offsets ±%.1f px in %.2f px steps",
+                    st.iteration, st.acc_rot_deg, st.acc_trans_px, angular_step_deg(st.healpix_order + st.oversampling),
+                    st.offset_range_px, st.offset_step_px)
 
 
 def gradient_step(projector: Projector, recs: list[Reconstructor], moments: Moments, k: int, tau2_fudge_now: float,
@@ -364,7 +406,8 @@ def write_outputs(run: Run, prefix: str, with_data: bool) -> None:
                       groups, run.dataset.column("rlnNormCorrection", 1.0)) if with_data else None
     blocks = model_blocks(model, st, box=box, pixel=pixel, map_names=[f"{prefix}_{n}.mrc" for n in names],
                           ave_pmax=float(run.results.pmax.mean()), loglik=float(run.results.loglik.sum()),
-                          acc_rot=999.0, acc_trans_angstrom=999.0, tau2_fudge=tau2_fudge(st.iteration, run.cfg),
+                          acc_rot=st.acc_rot_deg, acc_trans_angstrom=st.acc_trans_px * pixel,
+                          tau2_fudge=tau2_fudge(st.iteration, run.cfg),
                           group_counts=np.bincount(groups - 1))
     state = {"config": config_dict(run.cfg),
              "state": st.to_dict(), "history": run.history, "resolutions": run.resolutions,
