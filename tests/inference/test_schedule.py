@@ -186,23 +186,23 @@ def stalled(**kw) -> AutoRefineState:
 def test_sampling_unchanged_before_iteration_2_or_when_not_stalled(kw):
     s = stalled(**kw)
     before = s.to_dict()
-    assert update_sampling(s, 0.5, auto_local_order=4) is False
+    assert update_sampling(s, 0.5, auto_local_order=4, pixel_angstrom=1.0) is False
     assert s.to_dict() == before
 
 
 def test_fine_enough_sampling_stops_refining():
     """Fine step Δ(2+1) = 7.5° < 0.75·acc_rot ⇔ acc_rot > 10°."""
     s = stalled(acc_rot_deg=10.1)
-    assert update_sampling(s, 0.5, auto_local_order=4) is False
+    assert update_sampling(s, 0.5, auto_local_order=4, pixel_angstrom=1.0) is False
     assert s.has_fine_enough_angular_sampling and s.healpix_order == 2
     s = stalled(acc_rot_deg=10.0)
-    assert update_sampling(s, 0.5, auto_local_order=4) is True
+    assert update_sampling(s, 0.5, auto_local_order=4, pixel_angstrom=1.0) is True
     assert not s.has_fine_enough_angular_sampling and s.healpix_order == 3
 
 
 def test_refinement_step_resets_counters_and_stays_global_below_local_order():
     s = stalled(smallest_angle_change=4.0, smallest_offset_change=0.5)
-    assert update_sampling(s, 0.5, auto_local_order=4) is True
+    assert update_sampling(s, 0.5, auto_local_order=4, pixel_angstrom=1.0) is True
     assert s.healpix_order == 3 and s.sigma_ang_deg is None
     assert (s.nr_iter_wo_resol_gain, s.nr_iter_wo_hidden_changes) == (0, 0)
     assert (s.smallest_angle_change, s.smallest_offset_change) == (999.0, 999.0)
@@ -211,7 +211,7 @@ def test_refinement_step_resets_counters_and_stays_global_below_local_order():
 def test_local_searches_from_auto_local_order():
     """New order 4 (≥ auto_local_healpix_order) with os 1: σ_ang = 2·Δ(5) = 2·1.875° = 3.75°."""
     s = stalled(healpix_order=3, acc_rot_deg=1.0)
-    assert update_sampling(s, 0.5, auto_local_order=4) is True
+    assert update_sampling(s, 0.5, auto_local_order=4, pixel_angstrom=1.0) is True
     assert s.healpix_order == 4
     assert s.sigma_ang_deg == pytest.approx(3.75)
 
@@ -220,15 +220,15 @@ def test_gradient_refinement_ignores_hidden_changes_and_never_enters_local_searc
     """VDAM (§8.1.4, RELION 5 `--grad`): stalled resolution alone refines the sampling; from order
     3 the order stays (order 4 would mean local searches) while the translations are still refined."""
     s = stalled(nr_iter_wo_hidden_changes=0)
-    assert update_sampling(s, 0.5, auto_local_order=4, gradient=True) is True
+    assert update_sampling(s, 0.5, auto_local_order=4, pixel_angstrom=1.0, gradient=True) is True
     assert s.healpix_order == 3 and s.sigma_ang_deg is None
     s = stalled(healpix_order=3, acc_rot_deg=1.0, offset_range_px=5.0, offset_step_px=2.0)
-    assert update_sampling(s, 0.5, auto_local_order=4, gradient=True) is False
+    assert update_sampling(s, 0.5, auto_local_order=4, pixel_angstrom=1.0, gradient=True) is False
     assert s.healpix_order == 3 and s.sigma_ang_deg is None
     assert (s.offset_step_px, s.offset_range_px) == (pytest.approx(1.5), pytest.approx(2.5))  # 5 × 0.5 px
     assert s.nr_iter_wo_resol_gain == 0
     s = stalled(nr_iter_wo_resol_gain=0)
-    assert update_sampling(s, 0.5, auto_local_order=4, gradient=True) is False
+    assert update_sampling(s, 0.5, auto_local_order=4, pixel_angstrom=1.0, gradient=True) is False
     assert s.healpix_order == 2
 
 
@@ -237,17 +237,25 @@ def test_gradient_refinement_ignores_hidden_changes_and_never_enters_local_searc
     [
         # step = min(1.5, 0.75)·2 = 1.5; range = min(5·0.2, 1.3·5) = 1 → at least 1.5·1.5 = 2.25
         (1.0, 0.2, 5.0, 2.0, 1.5, 2.25),
-        # step = min(1.5, 3)·2 = 3; range = min(15, 13) = 13 > 12 → 6.5; step never coarser: 2
-        (4.0, 3.0, 10.0, 2.0, 2.0, 6.5),
+        # step = min(1.5, 3)·2 = 3, coarser than the current 2: RELION keeps step and range
+        (4.0, 3.0, 10.0, 2.0, 2.0, 10.0),
         # step = min(1.5, 0.3)·2 = 0.6; range 13 → 6.5, still > 2.4 → step = 6.5/4 = 1.625
         (0.4, 3.0, 10.0, 2.0, 1.625, 6.5),
     ],
 )
 def test_translation_sampling_rules(acc_trans, rms_change, old_range, old_step, step, rng):
     s = stalled(acc_trans_px=acc_trans, offset_range_px=old_range, offset_step_px=old_step)
-    assert update_sampling(s, rms_change, auto_local_order=4) is True
+    assert update_sampling(s, rms_change, auto_local_order=4, pixel_angstrom=1.0) is True
     assert s.offset_step_px == pytest.approx(step)
     assert s.offset_range_px == pytest.approx(rng)
+
+
+def test_translation_step_capped_at_1_5_angstrom():
+    """RELION 3.1 works in Å: at 4 Å/px the coarse step is at most 1.5 Å·2 = 0.75 px (not 3 px)."""
+    s = stalled(acc_trans_px=2.0, offset_range_px=6.0, offset_step_px=2.0)
+    assert update_sampling(s, 0.5, auto_local_order=4, pixel_angstrom=4.0) is True
+    assert s.offset_step_px == pytest.approx(0.75)
+    assert s.offset_range_px == pytest.approx(2.5)  # 5 × 0.5 px, ≤ 4 steps
 
 
 # §6.5 convergence -------------------------------------------------------------------------------

@@ -117,13 +117,16 @@ def update_hidden_changes(state: AutoRefineState, angle_change_deg: float, offse
     state.smallest_offset_change = min(state.smallest_offset_change, offset_change_px)
 
 
-def update_sampling(state: AutoRefineState, rms_offset_change_px: float, auto_local_order: int,
-                    gradient: bool = False) -> bool:
+def update_sampling(state: AutoRefineState, rms_offset_change_px: float, auto_local_order: int, *,
+                    pixel_angstrom: float, gradient: bool = False) -> bool:
     """Refine angles/translations when resolution and hidden variables have stalled (§6.4).
 
-    `gradient` (VDAM, §8.1.4): hidden-variable changes are ignored (RELION `--auto_ignore_angles`)
-    and the HEALPix order never reaches `auto_local_order` (no local searches); the translations
-    are still refined. Returns True when the HEALPix order changed (the caller resets pdf_direction)."""
+    As RELION 3.1's `updateAngularSampling` (which works in Å): the coarse offset step is at most
+    1.5 Å·2^os (`pixel_angstrom` converts), and a step that would be coarser than the current one
+    keeps both the current step and range. `gradient` (VDAM, §8.1.4): hidden-variable changes are
+    ignored (RELION `--auto_ignore_angles`) and the HEALPix order never reaches `auto_local_order`
+    (no local searches); the translations are still refined. Returns True when the HEALPix order
+    changed (the caller resets pdf_direction)."""
     stalled = state.nr_iter_wo_hidden_changes >= 1 or gradient
     if state.iteration < 2 or state.nr_iter_wo_resol_gain < 1 or not stalled:
         return False
@@ -131,15 +134,15 @@ def update_sampling(state: AutoRefineState, rms_offset_change_px: float, auto_lo
         state.has_fine_enough_angular_sampling = True
         return False
     os_factor = 2**state.oversampling
-    step = min(1.5, 0.75 * state.acc_trans_px) * os_factor
+    step = min(1.5 / pixel_angstrom, 0.75 * state.acc_trans_px) * os_factor
     rng = min(5 * rms_offset_change_px, 1.3 * state.offset_range_px)
     rng = max(rng, 1.5 * step)
     if rng > 4 * step:
         rng /= 2
     if rng > 4 * step:
         step = rng / 4
-    state.offset_step_px = min(step, state.offset_step_px)
-    state.offset_range_px = rng
+    if step <= state.offset_step_px:
+        state.offset_step_px, state.offset_range_px = step, rng
     finer = not (gradient and state.healpix_order + 1 >= auto_local_order)
     if finer:
         state.healpix_order += 1

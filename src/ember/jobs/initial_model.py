@@ -343,7 +343,8 @@ def _auto_sampling(run: Run, window: FrequencyWindow) -> None:
     st.acc_rot_deg = min(a for a, _ in acc)
     st.acc_trans_px = min(t for _, t in acc)
     before = (st.healpix_order, st.offset_step_px, st.offset_range_px)
-    if update_sampling(st, st.offset_change_px, LOCAL_SEARCH_ORDER, gradient=True):
+    if update_sampling(st, st.offset_change_px, LOCAL_SEARCH_ORDER, pixel_angstrom=run.pixel,
+                       gradient=True):
         run.directions = asymmetric_unit(st.healpix_order, symmetry_operators("C1"))
         n_dirs = 12 * 4**st.healpix_order
         model.pdf_direction = np.full((model.n_classes, n_dirs), 1.0 / n_dirs)

@@ -358,7 +358,7 @@ def _update_sampling(run: Run, old_angles, old_offsets, fine_win, rng) -> None:
         st.acc_rot_deg, st.acc_trans_px = expected_accuracy(
             projector, sigma2.mean(dim=0)[: run.box // 2 + 1], run.dataset, sample, run.results.angles[sample],
             fine_win, rng, cfg.ctf)
-    if update_sampling(st, float(offset_change), cfg.auto_local_healpix_order):
+    if update_sampling(st, float(offset_change), cfg.auto_local_healpix_order, pixel_angstrom=run.pixel):
         run.directions = asymmetric_unit(st.healpix_order, run.symmetry)
         for m in run.models:
             m.pdf_direction = uniform_direction_pdf(st.healpix_order, run.directions)[None]
