@@ -36,7 +36,13 @@ from ember.inference.mstep import (
     solvent_mask,
     update_sigma2,
 )
-from ember.inference.sampling import angular_step_deg, asymmetric_unit, next_perturbation, translation_grid
+from ember.inference.sampling import (
+    angular_step_deg,
+    asymmetric_unit,
+    next_perturbation,
+    translation_grid,
+    uniform_direction_pdf,
+)
 from ember.inference.schedule import (
     AutoRefineState,
     coarse_size,
@@ -346,8 +352,7 @@ def _auto_sampling(run: Run, window: FrequencyWindow) -> None:
     if update_sampling(st, st.offset_change_px, LOCAL_SEARCH_ORDER, pixel_angstrom=run.pixel,
                        gradient=True):
         run.directions = asymmetric_unit(st.healpix_order, symmetry_operators("C1"))
-        n_dirs = 12 * 4**st.healpix_order
-        model.pdf_direction = np.full((model.n_classes, n_dirs), 1.0 / n_dirs)
+        model.pdf_direction = np.tile(uniform_direction_pdf(st.healpix_order, run.directions), (model.n_classes, 1))
     if (st.healpix_order, st.offset_step_px, st.offset_range_px) != before:
         logger.info("iteration %d: accuracy %.1f° / %.2f px → angular step %.2f°, offsets ±%.1f px in %.2f px steps",
                     st.iteration, st.acc_rot_deg, st.acc_trans_px, angular_step_deg(st.healpix_order + st.oversampling),
