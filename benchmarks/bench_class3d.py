@@ -1,7 +1,7 @@
 """Issue 9 bars: 3D classification of a two-state mixture, and the same against RELION 3.1.3.
 
 Run: python -m benchmarks.bench_class3d [--n 10000] [--box 96] [--angpix 3] [--fractions both|0.5,0.5|0.8,0.2]
-     [--K 2 [4]] [--iter 25] [--part ember|relion|all] [--relion_n 2000] [--relion_iter 10]
+     [--K 2 [4]] [--iter 25] [--part ember|relion|all] [--relion_n 2000] [--relion_iter 10] [--no_ctf]
 
 Data: 5A1A (β-galactosidase) with all four chains (state 1) and without chain D (state 2, 25 % less
 mass), `ember simulate --states "A,B,C,D;A,B,C"` at SNR 0.05 (state 1's), defocus 1–3 µm, CTF on.
@@ -46,13 +46,15 @@ STATES = "A,B,C,D;A,B,C"
 EMBER_NOTE = "Ember class3d has no --norm/--scale (RELION runs with both)"
 
 
-def simulate(w: Path, n: int, box: int, angpix: float, snr: float, fractions: tuple[float, ...]) -> Path:
-    """The mixture in w/sim and consensus.mrc = Σ f_k · truth_k in w."""
+def simulate(w: Path, n: int, box: int, angpix: float, snr: float, fractions: tuple[float, ...],
+             ctf: bool = True) -> Path:
+    """The mixture in w/sim (CTF-modulated unless `ctf` is false) and consensus.mrc = Σ f_k · truth_k in w."""
     star = w / "sim" / "particles.star"
     if not star.exists():
         run_ember("simulate", "--model", str(SHARED / "5a1a.cif.gz"), "--states", STATES, "--fractions",
                   ",".join(f"{f:g}" for f in fractions), "--box", str(box), "--angpix", str(angpix), "--n", str(n),
-                  "--snr", str(snr), "--defocus", "1", "3", "--seed", "9", "--o", str(w / "sim"), "-q")
+                  "--snr", str(snr), "--defocus", "1", "3", "--seed", "9", "--o", str(w / "sim"), "-q",
+                  *([] if ctf else ["--no-ctf"]))
     consensus = w / "consensus.mrc"
     if not consensus.exists():
         maps = [read_map(w / "sim" / f"truth_class{k + 1:03d}.mrc") for k in range(len(fractions))]
@@ -158,12 +160,12 @@ def write_figures(folder: Path, figures: dict) -> None:
 
 
 def ember_class3d(w: Path, star: Path, n_classes: int, iterations: int, fractions: tuple[float, ...],
-                  healpix_order: int) -> dict:
+                  healpix_order: int, ctf: bool = True) -> dict:
     out = w / f"ember_K{n_classes}"
     shutil.rmtree(out, ignore_errors=True)
     cfg = Class3DConfig(star=star, reference=w / "consensus.mrc", output=out, n_classes=n_classes,
                         particle_diameter_angstrom=DIAMETER, ini_high_angstrom=40.0, iterations=iterations,
-                        healpix_order=healpix_order, threads=2, seed=1)
+                        healpix_order=healpix_order, ctf=ctf, threads=2, seed=1)
     epoch, t0 = time.time(), time.perf_counter()
     class3d(cfg)
     wall = time.perf_counter() - t0
@@ -177,13 +179,15 @@ def ember_class3d(w: Path, star: Path, n_classes: int, iterations: int, fraction
     return figures
 
 
-def relion_class3d(w: Path, star: Path, iterations: int, fractions: tuple[float, ...], healpix_order: int) -> dict:
+def relion_class3d(w: Path, star: Path, iterations: int, fractions: tuple[float, ...], healpix_order: int,
+                   ctf: bool = True) -> dict:
     out = w / "relion"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
     cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", "3", "relion_refine_mpi", "--i", str(star),
            "--ref", str(w / "consensus.mrc"), "--K", "2", "--iter", str(iterations), "--tau2_fudge", "4",
-           "--ini_high", "40", "--particle_diameter", str(DIAMETER), "--ctf", "--flatten_solvent", "--zero_mask",
+           "--ini_high", "40", "--particle_diameter", str(DIAMETER), *(["--ctf"] if ctf else []), "--flatten_solvent",
+           "--zero_mask",
            "--oversampling", "1", "--healpix_order", str(healpix_order), "--offset_range", "5", "--offset_step",
            "2", "--sym", "C1", "--norm", "--scale", "--pad", "2", "--j", "1", "--random_seed", "1",
            "--o", str(out / "run")]
@@ -238,6 +242,8 @@ def main() -> None:
     ap.add_argument("--K", type=int, nargs="+", default=[2], help="class counts to run, e.g. --K 2 4")
     ap.add_argument("--iter", type=int, default=25)
     ap.add_argument("--healpix_order", type=int, default=2)
+    ap.add_argument("--no_ctf", action="store_true",
+                    help="simulate and classify without a CTF (Debian's RELION 3.1.3 does not align CTF data)")
     ap.add_argument("--part", choices=["all", "ember", "relion", "relion_only"], default="ember")
     ap.add_argument("--relion_n", type=int, default=2000)
     ap.add_argument("--relion_box", type=int, default=64)
@@ -257,23 +263,23 @@ def main() -> None:
             ks = [] if args.part == "relion_only" else [2]
             jobs.append((args.relion_n, args.relion_box, args.relion_angpix, args.relion_iter, ks, True))
         for n, box, angpix, iterations, ks, with_relion in jobs:
-            w = args.work / f"n{n}_b{box}_a{angpix:g}_snr{args.snr:g}" / tag
+            w = args.work / f"n{n}_b{box}_a{angpix:g}_snr{args.snr:g}{'_noctf' if args.no_ctf else ''}" / tag
             w.mkdir(parents=True, exist_ok=True)
-            star = simulate(w, n, box, angpix, args.snr, fractions)
+            star = simulate(w, n, box, angpix, args.snr, fractions, not args.no_ctf)
             truth_res = resolution_vs(w / "sim" / "truth_class001.mrc", w / "sim" / "truth_class002.mrc")
             head = f"{tag}, {n} particles, box {box} at {angpix:g} Å"
             for k in ks:
                 if (w, k, iterations) in done:  # --part all with the same cut: Ember ran on it already
                     continue
                 done.add((w, k, iterations))
-                f = ember_class3d(w, star, k, iterations, fractions, args.healpix_order)
+                f = ember_class3d(w, star, k, iterations, fractions, args.healpix_order, not args.no_ctf)
                 rows += rows_of(f, f"{head}, Ember K={k}", truth_res)
                 print(table(rows[-9:]), flush=True)
             if with_relion:
                 if shutil.which("relion_refine_mpi") is None:
                     rows.append((f"{head}, RELION", "not installed", "—"))
                     continue
-                f = relion_class3d(w, star, iterations, fractions, args.healpix_order)
+                f = relion_class3d(w, star, iterations, fractions, args.healpix_order, not args.no_ctf)
                 rows += rows_of(f, f"{head}, RELION 3.1.3 K=2 (--norm --scale)", truth_res)
                 print(table(rows[-9:]), flush=True)
     print()
