@@ -136,7 +136,8 @@ def main() -> None:
     figures, rows = [], []
     for name in args.structures.split(","):
         path = model_file(name.strip())
-        tag = f"{name.strip()}_n{args.n}_b{args.box}_a{args.angpix or 'auto'}_snr{args.snr:g}_it{args.iter}"
+        tag = (f"{name.strip()}_n{args.n}_b{args.box}_a{args.angpix or 'auto'}_snr{args.snr:g}_it{args.iter}"
+               f"{'_fixed' if args.fixed_sampling else ''}")
         w = args.work / tag
         w.mkdir(parents=True, exist_ok=True)
         f = run_structure(w, path, args)
