@@ -61,7 +61,7 @@ def test_classification(tmp_path):
     rows = result["rows"]
     assert len(rows) == 4
     assert sum(r["particles"] for r in rows) == sum(r["state 1 (A–D)"] + r["state 2 (A–C)"] for r in rows) == 300
-    assert sum(r["π_k at the end"] for r in rows) == pytest.approx(1.0, abs=1e-6)
+    assert sum(r["π_k at the end"] for r in rows) == pytest.approx(1.0, abs=4 * 5e-7)  # 6 decimals in the STAR
 
 
 def test_model_bias(tmp_path):
