@@ -4,7 +4,8 @@ Run: python -m benchmarks.bench_class3d [--n 10000] [--box 96] [--angpix 3] [--f
      [--K 2 [4]] [--iter 25] [--part ember|relion|all] [--relion_n 2000] [--relion_iter 10] [--no_ctf]
 
 Data: 5A1A (β-galactosidase) with all four chains (state 1) and without chain D (state 2, 25 % less
-mass), `ember simulate --states "A,B,C,D;A,B,C"` at SNR 0.05 (state 1's), defocus 1–3 µm, CTF on.
+mass), `ember simulate --states "A,B,C,D;A,B,C"` at SNR 0.05 (state 1's), defocus 1–3 µm, CTF on
+(`--no_ctf`: off, and both programs classify without one — Debian's RELION 3.1.3 does not align CTF data).
 The starting reference is the fraction-weighted mean of the two true maps (consensus.mrc), low-pass
 filtered to 40 Å; `ember class3d --K K` runs through the Python API with 2 threads.
 
@@ -186,11 +187,10 @@ def relion_class3d(w: Path, star: Path, iterations: int, fractions: tuple[float,
     out.mkdir()
     cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", "3", "relion_refine_mpi", "--i", str(star),
            "--ref", str(w / "consensus.mrc"), "--K", "2", "--iter", str(iterations), "--tau2_fudge", "4",
-           "--ini_high", "40", "--particle_diameter", str(DIAMETER), *(["--ctf"] if ctf else []), "--flatten_solvent",
-           "--zero_mask",
-           "--oversampling", "1", "--healpix_order", str(healpix_order), "--offset_range", "5", "--offset_step",
-           "2", "--sym", "C1", "--norm", "--scale", "--pad", "2", "--j", "1", "--random_seed", "1",
-           "--o", str(out / "run")]
+           "--ini_high", "40", "--particle_diameter", str(DIAMETER), *(["--ctf"] if ctf else []),
+           "--flatten_solvent", "--zero_mask", "--oversampling", "1", "--healpix_order", str(healpix_order),
+           "--offset_range", "5", "--offset_step", "2", "--sym", "C1", "--norm", "--scale", "--pad", "2", "--j", "1",
+           "--random_seed", "1", "--o", str(out / "run")]
     (out / "command.txt").write_text(" ".join(cmd) + "\n")
     epoch, t0 = time.time(), time.perf_counter()
     subprocess.run(cmd, check=True, cwd=star.parent, stdout=subprocess.DEVNULL)

@@ -55,7 +55,8 @@ def main() -> None:
     radius = model_radius(path)
     pixel = args.angpix or fitting_pixel(radius, args.box)
     diameter = min(2 * radius + 20, args.box * pixel)
-    w = args.work / f"{args.structure}_n{args.n}_b{args.box}_a{pixel:g}_snr{args.snr:g}_it{args.iter}"
+    w = args.work / (f"{args.structure}_n{args.n}_b{args.box}_a{pixel:g}_snr{args.snr:g}_it{args.iter}"
+                     f"{'_fixed' if args.fixed_sampling else ''}")
     star = w / "sim" / "particles.star"
     if not star.exists():
         simulate(SimulateConfig(output=star.parent, n_particles=args.n, model_path=path, box=args.box,
