@@ -55,7 +55,7 @@ from ember.jobs.refine_io import (
 )
 from ember.maths.fourier import resolution_angstrom, shell_of_resolution
 from ember.maths.symmetry import symmetry_operators
-from ember.operators.filters import lowpass_raised_cosine
+from ember.operators.filters import lowpass_ini_high
 from ember.operators.projector import Projector
 from ember.report.plots import plot_class_projections, plot_class_sizes
 
@@ -148,7 +148,7 @@ def start(cfg: Class3DConfig) -> Run:
     check_map_matches(cfg.reference, ref.shape[0], ref_pixel, dataset)
     box, pixel = dataset.box, dataset.pixel_size
     ini_shell = shell_of_resolution(cfg.ini_high_angstrom, box, pixel)
-    reference = lowpass_raised_cosine(torch.from_numpy(ref).double(), ini_shell)
+    reference = lowpass_ini_high(torch.from_numpy(ref).double(), cfg.ini_high_angstrom, pixel)
     symmetry = symmetry_operators(cfg.symmetry)
     directions = asymmetric_unit(cfg.healpix_order, symmetry)
     sigma2 = initial_sigma2(dataset, first_per_group(dataset), cfg.particle_diameter_angstrom / (2 * pixel))

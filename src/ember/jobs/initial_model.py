@@ -68,7 +68,7 @@ from ember.jobs.refine_io import (
 from ember.maths.fourier import resolution_angstrom, shell_of_resolution
 from ember.maths.rotations import matrix_to_euler, random_rotations
 from ember.maths.symmetry import symmetry_generators, symmetry_operators
-from ember.operators.filters import lowpass_raised_cosine
+from ember.operators.filters import lowpass_ini_high
 from ember.operators.masks import soft_mask_outside
 from ember.operators.projector import Projector
 from ember.operators.reconstructor import Reconstructor
@@ -228,7 +228,7 @@ def start(cfg: InitialModelConfig) -> Run:
     results.offsets_px[:] = dataset.offsets_px()
     ini_shell = shell_of_resolution(cfg.ini_high_angstrom, box, pixel)
     averages = _random_subset_averages(dataset, results, model, rng.permutation(n) % cfg.n_classes, radius, cfg)
-    model.references = [_blobs(avg, radius, ini_shell, rng) for avg in averages]
+    model.references = [_blobs(avg, radius, cfg.ini_high_angstrom, pixel, rng) for avg in averages]
     state = AutoRefineState(iteration=0, healpix_order=cfg.healpix_order, oversampling=cfg.oversampling,
                             offset_range_px=cfg.offset_range_px, offset_step_px=cfg.offset_step_px,
                             resolution_shell=ini_shell, best_resolution_shell=ini_shell)
@@ -254,7 +254,8 @@ def _random_subset_averages(dataset, results, model, classes, radius, cfg) -> li
     return [rec.reconstruct().double() for rec in sums.reconstructors]
 
 
-def _blobs(average: torch.Tensor, radius_px: float, ini_shell: int, rng: np.random.Generator) -> torch.Tensor:
+def _blobs(average: torch.Tensor, radius_px: float, ini_high_angstrom: float, pixel: float,
+           rng: np.random.Generator) -> torch.Tensor:
     """40 positive minus half of 40 negative Gaussian blobs (centres ~ N(centre, D/6), amplitudes
     |average| there, width D/10), scaled to the average's standard deviation, low-passed to
     ini_high and softly masked (RELION `make_blobs_3d`)."""
@@ -271,7 +272,7 @@ def _blobs(average: torch.Tensor, radius_px: float, ini_shell: int, rng: np.rand
 
     vol = blobs() - blobs() / 2
     vol = vol * (average.std() / vol.std().clamp(min=1e-30))
-    vol = lowpass_raised_cosine(vol, ini_shell)
+    vol = lowpass_ini_high(vol, ini_high_angstrom, pixel)
     return soft_mask_outside(vol, radius_px, 5.0).double()
 
 

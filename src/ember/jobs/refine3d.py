@@ -62,7 +62,7 @@ from ember.jobs.refine_io import (
 from ember.maths.fourier import resolution_angstrom, shell_of_resolution
 from ember.maths.fsc import resolution_shell
 from ember.maths.symmetry import symmetry_operators
-from ember.operators.filters import lowpass_raised_cosine
+from ember.operators.filters import lowpass_ini_high
 from ember.operators.projector import Projector
 from ember.operators.reconstructor import Reconstructor, join_low_resolution
 from ember.parallel import Ranks
@@ -192,7 +192,7 @@ def start(cfg: Refine3DConfig) -> Run:
     n, box, pixel = len(dataset), dataset.box, dataset.pixel_size
     subsets = split_halves(dataset, cfg.seed)
     ini_shell = shell_of_resolution(cfg.ini_high_angstrom, box, pixel)
-    reference = lowpass_raised_cosine(torch.from_numpy(ref), ini_shell)
+    reference = lowpass_ini_high(torch.from_numpy(ref), cfg.ini_high_angstrom, pixel)
     symmetry = symmetry_operators(cfg.symmetry)
     directions = asymmetric_unit(cfg.healpix_order, symmetry)
     sigma2 = initial_sigma2(dataset, first_per_group(dataset), cfg.particle_diameter_angstrom / (2 * pixel))

@@ -18,6 +18,12 @@ def lowpass_raised_cosine(volume: torch.Tensor, shell: float, width: float = 2.0
     return ifft3_centered(fft3_centered(volume.to(torch.float64)) * factor, n)
 
 
+def lowpass_ini_high(volume: torch.Tensor, ini_high_angstrom: float, pixel_size: float) -> torch.Tensor:
+    """RELION `initialLowPassFilterReferences` (--ini_high): the raised cosine through 0.5 at
+    N·a/ini_high Fourier shells, not rounded to a whole shell (ini_high in Å, pixel size in Å)."""
+    return lowpass_raised_cosine(volume, volume.shape[-1] * pixel_size / ini_high_angstrom)
+
+
 def symmetrise_map(volume: torch.Tensor, operators: torch.Tensor) -> torch.Tensor:
     """Average of a map (N, N, N) over point-group operators (G, 3, 3) acting on map (x, y, z)
     about the centre voxel N/2 (trilinear interpolation): V_sym(r) = (1/G) Σ_g V(R_gᵀ r)."""

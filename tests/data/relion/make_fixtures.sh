@@ -25,4 +25,10 @@ with mrcfile.open(f"{sys.argv[1]}/relion_rec_d7.mrc") as m:
     print("d7 map", m.data.shape)
 PY
 cp "$tmp/relion_rec_d7.mrc" relion_reconstruct_d7_noctf.mrc
+# --ini_high 15 Å at box 32, 2.5 Å/px: the filter's edge is at 5.33 shells, not a whole shell.
+mkdir "$tmp/refine"
+(cd "$tmp" && relion_refine --i particles.star --ref "$OLDPWD/relion_reconstruct_ctf.mrc" --ini_high 15 \
+    --iter 0 --K 1 --particle_diameter 60 --healpix_order 1 --pad 2 --j 1 --random_seed 1 \
+    --o refine/run >/dev/null)
+cp "$tmp/refine/run_it000_class001.mrc" relion_refine_it000_ini_high15.mrc
 rm -rf "$tmp"
