@@ -7,10 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+from ember.jobs.class3d import Class3DConfig
+from ember.jobs.class3d import start as class3d_start
 from ember.jobs.reconstruct import ReconstructConfig, reconstruct
+from ember.jobs.refine3d import Refine3DConfig
+from ember.jobs.refine3d import start as refine3d_start
 from ember.jobs.simulate import SimulateConfig, simulate
 from ember.maths.fsc import fsc
-from ember.operators.filters import lowpass_ini_high
 
 DATA = Path(__file__).parents[1] / "data" / "relion"
 MODEL = Path(__file__).parents[2] / "src" / "ember" / "data" / "1ake.cif"
@@ -62,12 +65,21 @@ def test_reconstruction_matches_relion_reconstruct(sim, tmp_path, fixture, kwarg
     assert scale == pytest.approx(1.0, abs=0.03)
 
 
-def test_ini_high_filter_matches_relion_refine():
-    """`--ini_high` low-passes the reference exactly as relion_refine's iteration-0 map: the raised
-    cosine through 0.5 at 5.33 shells, not at the rounded 5 (which differs by 7 % of the peak)."""
-    with mrcfile.open(DATA / "relion_reconstruct_ctf.mrc") as m:
-        reference = torch.from_numpy(m.data.astype(np.float64))
+@pytest.mark.parametrize("job", ["refine3d", "class3d"])
+def test_ini_high_start_matches_relion_refine(sim, tmp_path, job):
+    """The job's starting map is relion_refine's iteration-0 map for the same reference and
+    `--ini_high 15`: the raised cosine through 0.5 at 5.33 shells, not at the rounded 5 (which
+    differs by 7 % of the peak)."""
     with mrcfile.open(DATA / "relion_refine_it000_ini_high15.mrc") as m:
         theirs = m.data.astype(np.float64)
-    ours = lowpass_ini_high(reference, 15.0, 2.5).numpy()
-    assert np.abs(ours - theirs).max() < 1e-5 * np.abs(theirs).max()
+    common = dict(star=sim, reference=DATA / "relion_reconstruct_ctf.mrc", output=tmp_path,
+                  particle_diameter_angstrom=60.0, ini_high_angstrom=15.0)
+    if job == "refine3d":
+        run = refine3d_start(Refine3DConfig(**common))
+        starts = [m.references[0] for m in run.models]
+    else:
+        run = class3d_start(Class3DConfig(n_classes=2, **common))
+        starts = run.model.references
+    run.dataset.close()
+    for ours in starts:
+        assert np.abs(ours.numpy() - theirs).max() < 1e-5 * np.abs(theirs).max()
