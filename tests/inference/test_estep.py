@@ -63,10 +63,11 @@ def test_significance_of_the_whole_sum_never_selects_zeros(topk_fraction, monkey
     assert ((w >= thr[:, None]).sum(dim=1) == 2900).all()
 
 
-@pytest.mark.parametrize("maxcc", [False, True])
-def test_estep_recovers_known_poses_of_clean_images(tmp_path, maxcc):
+@pytest.mark.parametrize(("maxcc", "pad"), [(False, 2), (True, 2), (False, 1)])
+def test_estep_recovers_known_poses_of_clean_images(tmp_path, maxcc, pad):
     """Nearly noise-free images of 1AKE: the best pose is a grid point within one fine step (7.5°)
-    for most images, offsets within the fine step, sharp posteriors (Bayesian and maxCC)."""
+    for most images, offsets within the fine step, sharp posteriors (Bayesian and maxCC; and with
+    the unpadded projections of RELION's initial model, `pad` 1)."""
     n = 32
     star = simulate(SimulateConfig(output=tmp_path / "s", n_particles=12, model_path=MODEL, box=n, pixel_size=2.5,
                                    snr=5.0, max_offset_px=2.0, seed=4))
@@ -77,12 +78,12 @@ def test_estep_recovers_known_poses_of_clean_images(tmp_path, maxcc):
     dirs = asymmetric_unit(2, symmetry_operators("C1"))
     pdf = np.zeros(192)
     pdf[dirs] = 1 / len(dirs)
-    model = Model.initial([ref], sigma2, 10.0, pdf)
+    model = Model.initial([ref], sigma2, 10.0, pdf, pad=pad)
     sampling = SamplingState(2, 1, 3.0, 1.0, dirs)
     win = FrequencyWindow.build(n, n)
     st = EStepSettings(win, win, torch.from_numpy(translation_grid(3.0, 1.0)), 1.0, 1, 2.5,
                        weighting=CrossCorrelation() if maxcc else Marginalisation())
-    sums = Sums.empty(n, 1, 1, 192)
+    sums = Sums.empty(n, 1, 1, 192, pad=pad)
     res = ParticleResults.empty(len(ds))
     run_expectation(ds, np.arange(len(ds)), model, sampling, st, sums, res, prior_angles_deg=np.zeros((12, 3)),
                     prior_offsets_px=np.zeros((12, 2)), symmetry=symmetry_operators("C1"), mask_radius_px=14.0)
@@ -109,3 +110,32 @@ def test_offset_prior_is_in_angstrom_for_old_offset_and_search_translation():
     d_px = torch.tensor([[0.5, -2.0], [2.5, -2.0], [-1.5, 2.0]], dtype=torch.float64)
     expected = -((d_px * pixel) ** 2).sum(-1) / (2 * sigma**2)
     assert torch.allclose(log_p[0], expected)
+
+
+@pytest.mark.parametrize(("pad", "left"), [(2, 0.01), (1, 0.2)])
+def test_residual_sums_vanish_for_images_the_reference_explains(tmp_path, pad, left):
+    """VDAM back-projects residuals X − C·P V̂: for noise-free CTF-modulated images of the
+    reference itself, aligned at their true poses, the residual sums are a small fraction of the
+    image sums, with the same weights. What is left is the projector's interpolation against the
+    simulator's (2× padded): < 1 % at pad 2, ~12 % unpadded (pad 1, RELION's initial model). Not
+    subtracting leaves 100 %, a wrong sign 200 %."""
+    n = 32
+    star = simulate(SimulateConfig(output=tmp_path / "s", n_particles=20, model_path=MODEL, box=n, pixel_size=2.5,
+                                   max_offset_px=0.0, seed=6))
+    ds = ParticleDataSet.from_star(star)
+    ref = torch.from_numpy(read_map(star.parent / "truth.mrc")[0]).double()
+    model = Model.initial([ref], initial_sigma2(ds, np.arange(len(ds)), 14.0), 10.0, np.ones(1), pad=pad)
+    win = FrequencyWindow.build(n, n)
+    sums = []
+    for residual in (False, True):
+        st = EStepSettings(win, win, torch.zeros((1, 2), dtype=torch.float64), 1.0, 0, 2.5, residual_sums=residual)
+        s = Sums.empty(n, 1, 1, 1, pad=pad)
+        run_expectation(ds, np.arange(len(ds)), model, SamplingState(0, 0, 0.0, 1.0, np.arange(1)), st, s,
+                        ParticleResults.empty(len(ds)), prior_angles_deg=ds.angles_deg(),
+                        prior_offsets_px=np.zeros((len(ds), 2)), symmetry=symmetry_operators("C1"),
+                        mask_radius_px=16.0, fixed_poses=True)
+        s.reconstructors[0].prepare()
+        sums.append(s.reconstructors[0])
+    images, residuals = sums
+    torch.testing.assert_close(residuals.weight, images.weight)
+    assert float(residuals.data.abs().sum() / images.data.abs().sum()) < left

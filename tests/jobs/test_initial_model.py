@@ -60,15 +60,25 @@ def test_initial_model_matches_the_truth_after_alignment(particles, tmp_path):
     html = assert_report(tmp_path / "report.html", tmp_path, 5)
     general = starfile.read(tmp_path / "run_it060_model.star")["model_general"]
     assert number(html, "current resolution") == f"{float(general['rlnCurrentResolution']):.2f} Å"
+    assert int(general["rlnPaddingFactor"]) == 1  # RELION's initial model: --pad 1
+    assert torch.load(tmp_path / "run_moments.pt")["m2"].shape == (1, 33, 33, 17)  # the unpadded N = 32 grid
 
 
-def test_auto_sampling_refines_the_angles_every_10_iterations(particles, tmp_path):
+def test_auto_sampling_refines_the_angles_every_10_iterations(particles, tmp_path, monkeypatch):
     """RELION 5's `--auto_sampling` for VDAM: no change in the first 9 mini-batches; at iteration 10
-    the expected accuracy (~15° here) is measured and, as the 15° fine step of HEALPix order 1 is
-    not below 75 % of it, the E-step of iteration 10 already runs at order 2 with finer offsets."""
+    the expected accuracy (~10° here) is measured and, when the resolution did not improve in the
+    last mini-batch (held at shell 8 here) and the 15° fine step of HEALPix order 1 is not below
+    75 % of the accuracy, the E-step of iteration 10 already runs at order 2 with finer offsets.
+    While the resolution still improves (the unpatched run), the sampling stays."""
     star, _ = particles
-    initial_model(InitialModelConfig(star=star, output=tmp_path, particle_diameter_angstrom=200.0, iterations=10,
-                                     seed=3))
+    cfg = dict(star=star, particle_diameter_angstrom=200.0, iterations=10, seed=3)
+    initial_model(InitialModelConfig(output=tmp_path / "free", **cfg))
+    free = tmp_path / "free"
+    before, after = (json.loads((free / f"run_it{i:03d}_state.json").read_text())["state"] for i in (9, 10))
+    assert before["nr_iter_wo_resol_gain"] == 0 and after["acc_rot_deg"] < 20.0
+    assert (after["healpix_order"], after["offset_step_px"]) == (1, 2.0)
+    monkeypatch.setattr(im, "resolution_from_ssnr", lambda ssnr, prior: 8)
+    initial_model(InitialModelConfig(output=tmp_path, **cfg))
     before, after = (json.loads((tmp_path / f"run_it{i:03d}_state.json").read_text())["state"] for i in (9, 10))
     assert (before["healpix_order"], before["offset_step_px"], before["acc_rot_deg"]) == (1, 2.0, 999.0)
     assert after["acc_rot_deg"] < 20.0 and after["acc_trans_px"] < 2.0

@@ -396,6 +396,7 @@ def initial_model(
         "accuracy allows (RELION's rules, never into local searches: at most HEALPix order 3).")] = True,
     offset_range: Annotated[float, typer.Option("--offset_range", help="Translation search range in pixels.")] = 6.0,
     offset_step: Annotated[float, typer.Option("--offset_step", help="Coarse translation step in pixels.")] = 2.0,
+    pad: Annotated[int, typer.Option("--pad", help="Fourier padding factor of projections and gradients (RELION's initial model: 1).")] = 1,
     no_ctf: Annotated[bool, typer.Option("--no-ctf", help="Ignore the CTF columns.")] = False,
     continue_from: Annotated[Optional[Path], typer.Option("--continue", help="Resume from the latest run_itNNN_state.json.")] = None,
     batch_size: Annotated[int, typer.Option(help="Particles per E-step batch (memory).")] = 64,
@@ -417,8 +418,8 @@ def initial_model(
     cfg = InitialModelConfig(
         star=star, output=output, particle_diameter_angstrom=particle_diameter, n_classes=n_classes, symmetry=sym,
         iterations=iterations, tau2_fudge=tau2_fudge, ini_high_angstrom=ini_high, healpix_order=healpix_order,
-        auto_sampling=auto_sampling, offset_range_px=offset_range, offset_step_px=offset_step, ctf=not no_ctf,
-        batch_size=batch_size, device=device, threads=threads, seed=seed, continue_from=continue_from,
+        auto_sampling=auto_sampling, offset_range_px=offset_range, offset_step_px=offset_step, pad=pad,
+        ctf=not no_ctf, batch_size=batch_size, device=device, threads=threads, seed=seed, continue_from=continue_from,
     )
     with progress_bar("initial-model", quiet) as bar:
         path = run(cfg, bar)

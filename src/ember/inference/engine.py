@@ -115,11 +115,11 @@ def orientation_order(angles_deg: np.ndarray) -> np.ndarray:
     return np.argsort(pixel * 12 + psi_bin, kind="stable")
 
 
-def reference_projector(reference: torch.Tensor, r_max: int | None = None) -> Projector:
-    """Projector of a 3D map (N, N, N) or of a 2D class average (N, N)."""
+def reference_projector(reference: torch.Tensor, r_max: int | None = None, pad: int = 2) -> Projector:
+    """Projector of a 3D map (N, N, N) or of a 2D class average (N, N), padded `pad` times."""
     if reference.ndim == 2:
-        return Projector.from_image(reference, r_max=r_max)
-    return Projector.from_volume(reference, r_max=r_max)
+        return Projector.from_image(reference, r_max=r_max, pad=pad)
+    return Projector.from_volume(reference, r_max=r_max, pad=pad)
 
 
 def pose_candidates(angles_deg: np.ndarray) -> Candidates:
@@ -168,7 +168,7 @@ def run_expectation(
     work = sums if sums.device == device else sums.zeros_on(device)
     on_device = model.to(device)
     with STAGES("coarse projections"):
-        projectors = [reference_projector(ref, r_max) for ref in on_device.references]
+        projectors = [reference_projector(ref, r_max, model.pad) for ref in on_device.references]
     global_search = sampling.sigma_ang_deg is None and not fixed_poses
     shared = global_candidates(sampling, model, model.rho).to(device) if global_search else None
     box, pixel = dataset.box, dataset.pixel_size
@@ -245,7 +245,7 @@ def _expectation_of_rows(dataset: ParticleDataSet, indices: np.ndarray, model: M
             progress(len(idx))
     if grid is not None:
         with STAGES("back-projection of the fine grid"):
-            grid.insert_into(sums, settings.fine_window)
+            grid.insert_into(sums, settings.fine_window, settings.residual_sums)
 
 
 def run_expectation_assigned(dataset: ParticleDataSet, indices: np.ndarray, assigned: np.ndarray, model: Model,

@@ -98,6 +98,7 @@ class EStepSettings:
     maxsig: int | None = None
     norm_residuals: bool = False  # per-image residual power for the norm correction (also under maxCC)
     scale_sums: bool = False  # signal/reference products per intensity-scale group (§5.6)
+    residual_sums: bool = False  # back-project the residuals X − s·C·P V̂, not X (VDAM's gradient, §8.1.5)
 
     def __post_init__(self) -> None:
         if self.weighting is None:
@@ -414,8 +415,13 @@ def project_rows(projectors: list[Projector], matrices: torch.Tensor, classes: t
 
 
 def insert_rows(sums: Sums, data: torch.Tensor, weight: torch.Tensor, matrices: torch.Tensor,
-                classes: torch.Tensor, k: torch.Tensor) -> None:
-    """Back-project per-row sums data (R, 2K) [Re, Im], weight (R, K) into each row's class."""
+                classes: torch.Tensor, k: torch.Tensor, proj: torch.Tensor | None = None) -> None:
+    """Back-project per-row sums data (R, 2K) [Re, Im], weight (R, K) into each row's class. With
+    the rows' projections `proj` (R, 2K) [Re, Im], the residual sums data − weight·proj instead:
+    Σγ·c_image·(X − s·C·P V̂)/σ² = Σγ·c_image·X/σ² − Σγ·s²C²/σ² · P V̂, as c_image·s·C = s²C² for
+    plain and premultiplied images alike (RELION's gradient back-projection)."""
+    if proj is not None:
+        data = data - weight.repeat(1, 2) * proj
     used = weight.sum(dim=1) > 0
     n = weight.shape[1]
     for c in torch.unique(classes[used]).tolist():
@@ -666,7 +672,8 @@ def _accumulate(batch: ImageBatch, model: Model, st: EStepSettings, fine: FineSa
         grid.data.index_add_(0, used, data)
         grid.weight.index_add_(0, used, weight)
     else:
-        insert_rows(sums, data, weight, fine.matrices[used], fine.classes[used], win.k_ref)
+        insert_rows(sums, data, weight, fine.matrices[used], fine.classes[used], win.k_ref,
+                    proj.real if st.residual_sums else None)
     g_img = torch.zeros(n_b, dtype=torch.float64, device=device).index_add_(0, b, gamma)
     if residuals:
         # Σγ|sCP|² per (image, class)
@@ -776,8 +783,10 @@ class FineGrid:
     def fits(n_coarse: int, oversampling: int, window: FrequencyWindow, budget_bytes: float = 1.5e9) -> bool:
         return n_coarse * 8**oversampling * len(window.k) * 24 < budget_bytes  # proj and sums, float32
 
-    def insert_into(self, sums: Sums, window: FrequencyWindow) -> None:
-        insert_rows(sums, self.data, self.weight, self.matrices, self.classes, window.k_ref)
+    def insert_into(self, sums: Sums, window: FrequencyWindow, residual: bool = False) -> None:
+        """Back-project the rows' sums (their residuals with `residual`, see `insert_rows`)."""
+        insert_rows(sums, self.data, self.weight, self.matrices, self.classes, window.k_ref,
+                    self.proj.real if residual else None)
 
 
 def _dense_fine(batch, model, st, significant, prior_t, cand, grid: FineGrid, fine_shifts: FineShifts, sums,

@@ -22,7 +22,8 @@ class Model:
     the offset prior (Å); pdf_direction : (K, n_dirs) prior over the sampled directions;
     class_prior : (K,) π_k; rho : sampling perturbation; completeness : (K, S) fraction of the
     voxels of each shell with data_vs_prior ≥ 1 (RELION rlnFourierCompleteness), when known;
-    scale : (n_scale_groups,) intensity scale s_g per rlnGroupNumber; avg_norm : mean norm correction.
+    scale : (n_scale_groups,) intensity scale s_g per rlnGroupNumber; avg_norm : mean norm correction;
+    pad : Fourier padding factor of the projections and back-projections (RELION `--pad`).
     """
 
     references: list[torch.Tensor]
@@ -37,6 +38,7 @@ class Model:
     completeness: torch.Tensor | None = None
     scale: np.ndarray = field(default_factory=lambda: np.ones(1))
     avg_norm: float = 1.0
+    pad: int = 2
 
     @property
     def n_classes(self) -> int:
@@ -54,14 +56,14 @@ class Model:
 
     @classmethod
     def initial(cls, references: list[torch.Tensor], sigma2_noise: torch.Tensor, sigma_offset_angstrom: float,
-                pdf_direction: np.ndarray, n_scale_groups: int = 1) -> Model:
+                pdf_direction: np.ndarray, n_scale_groups: int = 1, pad: int = 2) -> Model:
         """Start: uniform class priors, τ² = FSC = SSNR = 0, scales 1; pdf_direction (n_dirs,) shared
         by the classes."""
         k, shells = len(references), sigma2_noise.shape[-1]
         zeros = torch.zeros((k, shells), dtype=torch.float64)
         return cls([r.clone() for r in references], sigma2_noise.clone(), zeros.clone(), zeros.clone(), zeros.clone(),
                    sigma_offset_angstrom, np.tile(pdf_direction, (k, 1)), np.full(k, 1.0 / k),
-                   scale=np.ones(n_scale_groups))
+                   scale=np.ones(n_scale_groups), pad=pad)
 
 
 @dataclass

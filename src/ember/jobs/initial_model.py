@@ -1,8 +1,9 @@
 """`ember initial-model`: a 3D map from the particles alone (RELION 4/5 VDAM, ALGORITHM §8.1).
 
 Start from random Gaussian blobs scaled like the average of random subsets. Each iteration is one
-mini-batch: E-step of two pseudo half-sets against the current map(s) on the shared engine →
-per-half gradients g_h = (Σγ·C·X/σ² − Σγ·C²/σ²·V̂)/max(1, Σγ·C²/σ²) in the padded Fourier grid →
+mini-batch: E-step of two pseudo half-sets against the current map(s) on the shared engine, which
+back-projects the residuals X − C·P V̂ → per-half gradients g_h = Σγ·C·(X − C·P V̂)/σ² / max(1, Σγ·C²/σ²)
+in the (unpadded, as RELION's `--pad 1`) Fourier grid →
 adaptive moments (m1 per half, m2 from their difference) → an FSC estimate from the moments →
 V̂ ← V̂ + η_k·(F·ĝ − (1 − F)·V̂) → solvent flattening; σ², σ_offset and π_k follow running averages
 (μ = 0.9). Step size, T and mini-batch size follow RELION's schedules. The maps are built in C1;
@@ -93,6 +94,7 @@ class InitialModelConfig:
     n_classes: int = 1
     symmetry: str = "C1"
     iterations: int = 200
+    pad: int = 1
     tau2_fudge: float = 4.0
     step_size: float = 0.5
     healpix_order: int = 1
@@ -116,6 +118,8 @@ class InitialModelConfig:
             raise EmberInputError(None, "--particle_diameter must be > 0 Å", "")
         if self.n_classes < 1 or self.iterations < 1:
             raise EmberInputError(None, "--K and --iter must be ≥ 1", "")
+        if self.pad not in (1, 2):
+            raise EmberInputError(None, f"--pad {self.pad} is not supported", "use --pad 1 (RELION's) or 2")
         symmetry_operators(self.symmetry)  # a known point group, or a one-line error
 
 
@@ -220,7 +224,7 @@ def start(cfg: InitialModelConfig) -> Run:
     pdf = np.full(12 * 4**cfg.healpix_order, 1.0 / (12 * 4**cfg.healpix_order))
     zero = torch.zeros((box, box, box), dtype=torch.float64)
     model = Model.initial([zero] * cfg.n_classes, sigma2, cfg.sigma_offset_angstrom, pdf,
-                          int(dataset.group_numbers().max()))
+                          int(dataset.group_numbers().max()), pad=cfg.pad)
     rng = np.random.default_rng([cfg.seed, 0])
     results = ParticleResults.empty(n, cfg.n_classes)
     gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
@@ -232,7 +236,7 @@ def start(cfg: InitialModelConfig) -> Run:
     state = AutoRefineState(iteration=0, healpix_order=cfg.healpix_order, oversampling=cfg.oversampling,
                             offset_range_px=cfg.offset_range_px, offset_step_px=cfg.offset_step_px,
                             resolution_shell=ini_shell, best_resolution_shell=ini_shell)
-    shape = Projector.from_volume(zero).spectrum.shape
+    shape = Projector.from_volume(zero, pad=cfg.pad).spectrum.shape
     moments = Moments(torch.zeros((2, cfg.n_classes, *shape), dtype=torch.complex128),
                       torch.ones((cfg.n_classes, *shape), dtype=torch.float64))
     return Run(cfg, dataset, model, state, results, moments, directions)
@@ -244,7 +248,7 @@ def _random_subset_averages(dataset, results, model, classes, radius, cfg) -> li
     win = FrequencyWindow.build(box, box)
     settings = EStepSettings(win, win, torch.zeros((1, 2), dtype=torch.float64), 1.0, 0, dataset.pixel_size)
     sums = Sums.empty(box, cfg.n_classes, dataset.n_optics_groups, 12 * 4**cfg.healpix_order,
-                      n_scale_groups=len(model.scale))
+                      n_scale_groups=len(model.scale), pad=model.pad)
     sampling = SamplingState(cfg.healpix_order, 0, 0.0, 1.0, np.arange(12 * 4**cfg.healpix_order))
     rows = np.arange(min(len(dataset), 1000 * cfg.n_classes))
     run_expectation_assigned(dataset, rows, classes[rows], model, sampling, settings, sums, results,
@@ -295,12 +299,13 @@ def iterate(run: Run) -> None:
     coarse = FrequencyWindow.build(box, w_c)
     model.rho = next_perturbation(model.rho, 0.5, rng)
     trans = torch.from_numpy(translation_grid(st.offset_range_px, st.offset_step_px)) + model.rho * st.offset_step_px
-    settings = EStepSettings(coarse, fine, trans, st.offset_step_px, st.oversampling, pixel, maxsig=100 * cfg.n_classes)
+    settings = EStepSettings(coarse, fine, trans, st.offset_step_px, st.oversampling, pixel, maxsig=100 * cfg.n_classes,
+                             residual_sums=True)
     sampling = SamplingState(st.healpix_order, st.oversampling, st.offset_range_px, st.offset_step_px, run.directions)
     sums = []
     for h in (0, 1):
         s = Sums.empty(box, cfg.n_classes, run.dataset.n_optics_groups, len(model.pdf_direction[0]),
-                       r_max=st.current_size // 2, n_scale_groups=len(model.scale))
+                       r_max=st.current_size // 2, n_scale_groups=len(model.scale), pad=model.pad)
         run_expectation(run.dataset, halves[h], model, sampling, settings, s, run.results,
                         prior_angles_deg=run.results.angles.copy(), prior_offsets_px=run.results.offsets_px.copy(),
                         symmetry=torch.eye(3, dtype=torch.float64)[None], mask_radius_px=run.mask_radius_px,
@@ -313,20 +318,20 @@ def iterate(run: Run) -> None:
     ssnr = []
     for k in range(cfg.n_classes):
         recs = [s.reconstructors[k] for s in sums]
-        projector = Projector.from_volume(model.references[k], dtype=torch.complex128)
+        projector = Projector.from_volume(model.references[k], pad=model.pad, dtype=torch.complex128)
         tau2 = reference_tau2(projector)
         spectrum = gradient_step(projector, recs, run.moments, k, t, eta * (1 - math.exp(-(3 * cfg.n_classes + 10)
                                                                                           * prior[k])))
         volume = Projector(spectrum, box, projector.pad, projector.r_max).volume()
         model.references[k] = volume * solvent_mask(box, run.mask_radius_px)
-        both = Reconstructor(box, r_max=st.current_size // 2)
+        both = Reconstructor(box, pad=model.pad, r_max=st.current_size // 2)
         both.add_prepared(*recs)
         s2 = both.sigma2_ref()
         ssnr.append(torch.where(s2 > 0, t * tau2 / s2.clamp(min=1e-300), torch.zeros_like(s2)))
     run.moments.started = True
     _update_other_parameters(model, joint, prior)
     model.ssnr = torch.stack(ssnr)
-    model.tau2 = torch.stack([reference_tau2(Projector.from_volume(r)) for r in model.references])
+    model.tau2 = torch.stack([reference_tau2(Projector.from_volume(r, pad=model.pad)) for r in model.references])
     shell = resolution_from_ssnr(model.ssnr, model.class_prior)
     st.nr_iter_wo_resol_gain = st.nr_iter_wo_resol_gain + 1 if shell <= st.resolution_shell else 0
     st.resolution_shell = shell
@@ -345,8 +350,8 @@ def _auto_sampling(run: Run, window: FrequencyWindow) -> None:
     rng = np.random.default_rng([cfg.seed, st.iteration, 1])
     sample = np.sort(rng.choice(len(run.dataset), size=min(100, len(run.dataset)), replace=False))
     sigma2 = model.sigma2_noise.mean(dim=0)[: run.box // 2 + 1]
-    acc = [expected_accuracy(Projector.from_volume(ref, r_max=window.size // 2), sigma2, run.dataset, sample,
-                             run.results.angles[sample], window, rng, cfg.ctf) for ref in model.references]
+    acc = [expected_accuracy(Projector.from_volume(ref, r_max=window.size // 2, pad=model.pad), sigma2, run.dataset,
+                             sample, run.results.angles[sample], window, rng, cfg.ctf) for ref in model.references]
     st.acc_rot_deg = min(a for a, _ in acc)
     st.acc_trans_px = min(t for _, t in acc)
     before = (st.healpix_order, st.offset_step_px, st.offset_range_px)
@@ -363,12 +368,13 @@ def _auto_sampling(run: Run, window: FrequencyWindow) -> None:
 def gradient_step(projector: Projector, recs: list[Reconstructor], moments: Moments, k: int, tau2_fudge_now: float,
                   eta: float) -> torch.Tensor:
     """The VDAM update of class k's padded spectrum V̂ (P+1, P+1, P//2+1) from the two pseudo
-    halves' sums (ALGORITHM §8.1.5–7); updates the moments in place; returns the new V̂."""
+    halves' residual sums (data = Σγ·C·(X − C·P V̂)/σ², weight = Σγ·C²/σ²; ALGORITHM §8.1.5–7);
+    updates the moments in place; returns the new V̂."""
     v = projector.spectrum.to(torch.complex128)
     for r in recs:
         r.prepare()
     inside = recs[0].shells() <= recs[0].r_max
-    g = [torch.where(inside, (r.data - r.weight * v) / r.weight.clamp(min=1.0), torch.zeros_like(v)) for r in recs]
+    g = [torch.where(inside, r.data / r.weight.clamp(min=1.0), torch.zeros_like(v)) for r in recs]
     m1 = moments.m1
     for h in (0, 1):
         m1[h, k] = g[h] if not moments.started else LAMBDA1 * m1[h, k] + (1 - LAMBDA1) * g[h]

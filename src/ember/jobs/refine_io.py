@@ -54,7 +54,7 @@ def model_blocks(model: Model, state: AutoRefineState, *, box: int, pixel: float
     n_classes, n_groups = model.n_classes, model.sigma2_noise.shape[0]
     general = {
         "rlnReferenceDimensionality": ref_dim, "rlnDataDimensionality": 2, "rlnOriginalImageSize": box,
-        "rlnCurrentResolution": res, "rlnCurrentImageSize": state.current_size, "rlnPaddingFactor": 2,
+        "rlnCurrentResolution": res, "rlnCurrentImageSize": state.current_size, "rlnPaddingFactor": model.pad,
         "rlnIsHelix": 0, "rlnFourierSpaceInterpolator": 1, "rlnMinRadiusNnInterpolation": 10,
         "rlnPixelSize": pixel, "rlnNrClasses": n_classes, "rlnNrBodies": 1, "rlnNrGroups": len(group_counts),
         "rlnNrOpticsGroups": n_groups, "rlnTau2FudgeFactor": tau2_fudge, "rlnNormCorrectionAverage": model.avg_norm,
@@ -115,7 +115,7 @@ def model_to_json(m: Model) -> dict:
     return {"sigma2_noise": m.sigma2_noise.tolist(), "tau2": m.tau2.tolist(), "fsc": m.fsc.tolist(),
             "ssnr": m.ssnr.tolist(), "sigma_offset_angstrom": m.sigma_offset_angstrom,
             "pdf_direction": m.pdf_direction.tolist(), "class_prior": m.class_prior.tolist(), "rho": m.rho,
-            "scale": np.asarray(m.scale).tolist(), "avg_norm": m.avg_norm}
+            "scale": np.asarray(m.scale).tolist(), "avg_norm": m.avg_norm, "pad": m.pad}
 
 
 def model_from_json(d: dict, references: list[torch.Tensor]) -> Model:
@@ -124,7 +124,7 @@ def model_from_json(d: dict, references: list[torch.Tensor]) -> Model:
     t = lambda k: torch.atleast_2d(torch.tensor(d[k], dtype=torch.float64))  # noqa: E731
     return Model(references, t("sigma2_noise"), t("tau2"), t("fsc"), t("ssnr"), d["sigma_offset_angstrom"],
                  np.atleast_2d(d["pdf_direction"]), np.array(d.get("class_prior", [1.0])), d["rho"],
-                 scale=np.array(d.get("scale", [1.0])), avg_norm=d.get("avg_norm", 1.0))
+                 scale=np.array(d.get("scale", [1.0])), avg_norm=d.get("avg_norm", 1.0), pad=d.get("pad", 2))
 
 
 def class_resolutions_angstrom(model: Model, box: int, pixel: float) -> list[float]:
