@@ -2,6 +2,7 @@
 
 Run: python -m benchmarks.bench_class3d [--n 10000] [--box 96] [--angpix 3] [--fractions both|0.5,0.5|0.8,0.2]
      [--K 2 [4]] [--iter 25] [--part ember|relion|all] [--relion_n 2000] [--relion_iter 10] [--no_ctf]
+     [--relion_seed 1] [--relion_extra '--skip_gridding']
 
 Data: 5A1A (β-galactosidase) with all four chains (state 1) and without chain D (state 2, 25 % less
 mass), `ember simulate --states "A,B,C,D;A,B,C"` at SNR 0.05 (state 1's), defocus 1–3 µm, CTF on
@@ -16,7 +17,8 @@ each state is that of its matched class map (the largest class mapped to it) aga
 
 `--part relion` cuts the mixture to box 64 at 4 Å with --relion_n particles and runs both Ember
 class3d (K = 2; `--part relion_only` leaves it out) and `mpirun -n 3 relion_refine_mpi --K 2 …
---norm --scale --j 1` on it for --relion_iter iterations; Ember's class3d has no --norm/--scale.
+--norm --scale --j 1 --random_seed --relion_seed` (plus --relion_extra) on it for --relion_iter
+iterations; Ember's class3d has no --norm/--scale.
 Figures go to the terminal and to results.json and trajectory.csv in each run's folder.
 """
 
@@ -27,6 +29,7 @@ import csv
 import itertools
 import json
 import resource
+import shlex
 import shutil
 import subprocess
 import time
@@ -181,8 +184,10 @@ def ember_class3d(w: Path, star: Path, n_classes: int, iterations: int, fraction
 
 
 def relion_class3d(w: Path, star: Path, iterations: int, fractions: tuple[float, ...], healpix_order: int,
-                   ctf: bool = True) -> dict:
-    out = w / "relion"
+                   ctf: bool = True, seed: int = 1, extra: tuple[str, ...] = ()) -> dict:
+    """`mpirun -n 3 relion_refine_mpi --K 2 …` with `--random_seed seed` and `extra` arguments appended."""
+    tag = "".join(f"_{a.lstrip('-')}" for a in extra)
+    out = w / ("relion" if seed == 1 and not extra else f"relion_s{seed}{tag}")
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
     cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", "3", "relion_refine_mpi", "--i", str(star),
@@ -190,7 +195,7 @@ def relion_class3d(w: Path, star: Path, iterations: int, fractions: tuple[float,
            "--ini_high", "40", "--particle_diameter", str(DIAMETER), *(["--ctf"] if ctf else []),
            "--flatten_solvent", "--zero_mask", "--oversampling", "1", "--healpix_order", str(healpix_order),
            "--offset_range", "5", "--offset_step", "2", "--sym", "C1", "--norm", "--scale", "--pad", "2", "--j", "1",
-           "--random_seed", "1", "--o", str(out / "run")]
+           "--random_seed", str(seed), *extra, "--o", str(out / "run")]
     (out / "command.txt").write_text(" ".join(cmd) + "\n")
     epoch, t0 = time.time(), time.perf_counter()
     subprocess.run(cmd, check=True, cwd=star.parent, stdout=subprocess.DEVNULL)
@@ -247,6 +252,8 @@ def main() -> None:
     ap.add_argument("--relion_box", type=int, default=64)
     ap.add_argument("--relion_angpix", type=float, default=4.0)
     ap.add_argument("--relion_iter", type=int, default=10)
+    ap.add_argument("--relion_seed", type=int, default=1)
+    ap.add_argument("--relion_extra", default="", help="more relion_refine arguments, e.g. '--skip_gridding'")
     args = ap.parse_args()
     mixes = [(0.5, 0.5), (0.8, 0.2)] if args.fractions == "both" else \
         [tuple(float(x) for x in args.fractions.split(","))]
@@ -277,8 +284,11 @@ def main() -> None:
                 if shutil.which("relion_refine_mpi") is None:
                     rows.append((f"{head}, RELION", "not installed", "—"))
                     continue
-                f = relion_class3d(w, star, iterations, fractions, args.healpix_order, not args.no_ctf)
-                rows += rows_of(f, f"{head}, RELION 3.1.3 K=2 (--norm --scale)", truth_res)
+                extra = tuple(shlex.split(args.relion_extra))
+                f = relion_class3d(w, star, iterations, fractions, args.healpix_order, not args.no_ctf,
+                                   args.relion_seed, extra)
+                rows += rows_of(f, f"{head}, RELION 3.1.3 K=2 (--norm --scale {' '.join(extra)}, seed "
+                                   f"{args.relion_seed})", truth_res)
                 print(table(rows[-9:]), flush=True)
     print()
     print(EMBER_NOTE)
