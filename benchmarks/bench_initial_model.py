@@ -179,6 +179,8 @@ def main() -> None:
     ap.add_argument("--no_ctf", action="store_true", help="simulate and run without a CTF (for the RELION comparison)")
     ap.add_argument("--relion", action="store_true", help="also run RELION 3.1.3's SGD initial model per seed")
     args = ap.parse_args()
+    if args.relion and shutil.which("relion_refine") is None:
+        raise SystemExit("--relion needs RELION 3.1.3's relion_refine on PATH (apt-get install relion)")
     figures, rows = [], []
     for name in args.structures.split(","):
         path = model_file(name.strip())
