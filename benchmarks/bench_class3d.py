@@ -2,7 +2,7 @@
 
 Run: python -m benchmarks.bench_class3d [--n 10000] [--box 96] [--angpix 3] [--fractions both|0.5,0.5|0.8,0.2]
      [--K 2 [4]] [--iter 25] [--part ember|relion|all] [--relion_n 2000] [--relion_iter 10] [--no_ctf]
-     [--relion_seed 1] [--relion_extra '--skip_gridding']
+     [--seed 1] [--gridding_iter 0] [--relion_seed 1] [--relion_extra=--skip_gridding]
 
 Data: 5A1A (β-galactosidase) with all four chains (state 1) and without chain D (state 2, 25 % less
 mass), `ember simulate --states "A,B,C,D;A,B,C"` at SNR 0.05 (state 1's), defocus 1–3 µm, CTF on
@@ -164,12 +164,15 @@ def write_figures(folder: Path, figures: dict) -> None:
 
 
 def ember_class3d(w: Path, star: Path, n_classes: int, iterations: int, fractions: tuple[float, ...],
-                  healpix_order: int, ctf: bool = True) -> dict:
-    out = w / f"ember_K{n_classes}"
+                  healpix_order: int, ctf: bool = True, seed: int = 1, gridding_iterations: int = 0) -> dict:
+    """Ember's class3d with 2 threads; `gridding_iterations` > 0: RELION 3.1's iterative gridding."""
+    tag = ("" if seed == 1 else f"_s{seed}") + (f"_grid{gridding_iterations}" if gridding_iterations else "")
+    out = w / f"ember_K{n_classes}{tag}"
     shutil.rmtree(out, ignore_errors=True)
     cfg = Class3DConfig(star=star, reference=w / "consensus.mrc", output=out, n_classes=n_classes,
                         particle_diameter_angstrom=DIAMETER, ini_high_angstrom=40.0, iterations=iterations,
-                        healpix_order=healpix_order, ctf=ctf, threads=2, seed=1)
+                        healpix_order=healpix_order, ctf=ctf, threads=2, seed=seed,
+                        gridding_iterations=gridding_iterations)
     epoch, t0 = time.time(), time.perf_counter()
     class3d(cfg)
     wall = time.perf_counter() - t0
@@ -252,8 +255,12 @@ def main() -> None:
     ap.add_argument("--relion_box", type=int, default=64)
     ap.add_argument("--relion_angpix", type=float, default=4.0)
     ap.add_argument("--relion_iter", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=1, help="Ember's --seed")
+    ap.add_argument("--gridding_iter", type=int, default=0,
+                    help="Ember with RELION 3.1's iterative gridding (e.g. 10; 0 = RELION 5's default, none)")
     ap.add_argument("--relion_seed", type=int, default=1)
-    ap.add_argument("--relion_extra", default="", help="more relion_refine arguments, e.g. '--skip_gridding'")
+    ap.add_argument("--relion_extra", default="",
+                    help="more relion_refine arguments, e.g. --relion_extra=--skip_gridding")
     args = ap.parse_args()
     mixes = [(0.5, 0.5), (0.8, 0.2)] if args.fractions == "both" else \
         [tuple(float(x) for x in args.fractions.split(","))]
@@ -277,8 +284,10 @@ def main() -> None:
                 if (w, k, iterations) in done:  # --part all with the same cut: Ember ran on it already
                     continue
                 done.add((w, k, iterations))
-                f = ember_class3d(w, star, k, iterations, fractions, args.healpix_order, not args.no_ctf)
-                rows += rows_of(f, f"{head}, Ember K={k}", truth_res)
+                f = ember_class3d(w, star, k, iterations, fractions, args.healpix_order, not args.no_ctf,
+                                  args.seed, args.gridding_iter)
+                grid = f", gridding {args.gridding_iter}" if args.gridding_iter else ""
+                rows += rows_of(f, f"{head}, Ember K={k} (seed {args.seed}{grid})", truth_res)
                 print(table(rows[-9:]), flush=True)
             if with_relion:
                 if shutil.which("relion_refine_mpi") is None:

@@ -120,3 +120,19 @@ def test_bad_class_count_is_refused_in_one_line(mixture, tmp_path):
                               "200", "--o", str(tmp_path / "out")])
     assert res.exit_code == 2 and "--K must be" in res.output
     assert not (tmp_path / "out").exists()
+
+
+def test_dont_skip_gridding_reaches_the_reconstruction(mixture, tmp_path):
+    """`--dont_skip_gridding` (RELION 3.1's iterative gridding) changes the class maps of the same
+    seeded first iteration a little, not their content."""
+    star, ref, _ = mixture
+    maps = []
+    for flags in ([], ["--dont_skip_gridding"]):
+        out = tmp_path / str(len(flags))
+        res = runner.invoke(app, ["class3d", "--i", str(star), "--ref", str(ref), "--K", "2", "--particle_diameter",
+                                  "200", "--ini_high", "30", "--skip_align", "--iter", "1", "--seed", "5", "--quiet",
+                                  "--o", str(out), *flags])
+        assert res.exit_code == 0, res.output
+        maps.append(read_map(out / "run_it001_class001.mrc")[0].ravel())
+    assert np.corrcoef(maps[0], maps[1])[0, 1] > 0.95
+    assert np.linalg.norm(maps[0] - maps[1]) / np.linalg.norm(maps[0]) > 1e-3

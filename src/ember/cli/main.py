@@ -97,6 +97,9 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 Seed = Annotated[int, typer.Option(help="Random seed (results are reproducible under it).")]
 Device = Annotated[str, typer.Option(help="Compute device: cpu, or cuda / cuda:K.")]
 Threads = Annotated[Optional[int], typer.Option("--j", help="CPU threads for torch.")]
+DontSkipGridding = Annotated[bool, typer.Option(
+    "--dont_skip_gridding", help="Iterative gridding in the M-step (RELION 3.1's default; RELION 4/5 skip it).")]
+GriddingIter = Annotated[int, typer.Option("--gridding_iter", help="Iterations of the gridding with --dont_skip_gridding.")]
 
 
 @app.command()
@@ -289,6 +292,8 @@ def refine3d(
     low_resol_join_halves: Annotated[float, typer.Option("--low_resol_join_halves", help="Halves share data below this resolution (Å).")] = 40.0,
     tau2_fudge: Annotated[float, typer.Option("--tau2_fudge", help="Regularisation parameter T.")] = 1.0,
     maxsig: Annotated[Optional[int], typer.Option("--maxsig", help="At most this many significant coarse samples per image (default: no cap).")] = None,
+    dont_skip_gridding: DontSkipGridding = False,
+    gridding_iter: GriddingIter = 10,
     iterations: Annotated[int, typer.Option("--iter", help="Maximum number of iterations before the final one.")] = 50,
     sigma_ang: Annotated[Optional[float], typer.Option("--sigma_ang", help="Local searches from the first iteration: σ (degrees) of the Gaussian prior around each particle's prior angles (rlnAngleRot/Tilt/PsiPrior where set, else its current angles); ±3σ are searched.")] = None,
     norm: Annotated[bool, typer.Option("--norm", help="Per-particle norm correction (RELION --norm): images scaled by ⟨norm⟩/norm_j, norm_j = residual standard deviation.")] = False,
@@ -322,6 +327,7 @@ def refine3d(
         ini_high_angstrom=ini_high, healpix_order=healpix_order, oversampling=oversampling,
         offset_range_px=offset_range, offset_step_px=offset_step, auto_local_healpix_order=auto_local_healpix_order,
         low_resol_join_halves_angstrom=low_resol_join_halves, tau2_fudge=tau2_fudge, maxsig=maxsig, sigma_ang_deg=sigma_ang, norm=norm, scale=scale,
+        gridding_iterations=gridding_iter if dont_skip_gridding else 0,
         max_iterations=iterations, maxcc=maxcc, no_halves=no_halves, ctf=not no_ctf, batch_size=batch_size,
         device=device, threads=threads, seed=seed, continue_from=continue_from,
     )
@@ -474,6 +480,8 @@ def class3d(
         "--allow_coarser_sampling", help="Each iteration, angular and offset steps as coarse as 80 % of the expected "
         "accuracy allows (never finer than given).")] = False,
     maxsig: Annotated[Optional[int], typer.Option("--maxsig", help="At most this many significant coarse samples per image.")] = None,
+    dont_skip_gridding: DontSkipGridding = False,
+    gridding_iter: GriddingIter = 10,
     no_ctf: Annotated[bool, typer.Option("--no-ctf", help="Ignore the CTF columns.")] = False,
     continue_from: Annotated[Optional[Path], typer.Option("--continue", help="Resume from a run_itNNN_state.json.")] = None,
     batch_size: Annotated[int, typer.Option(help="Particles per E-step batch (memory).")] = 64,
@@ -497,7 +505,7 @@ def class3d(
         symmetry=sym, ini_high_angstrom=ini_high, iterations=iterations, healpix_order=healpix_order,
         oversampling=oversampling, offset_range_px=offset_range, offset_step_px=offset_step, tau2_fudge=tau2_fudge,
         sigma_ang_deg=sigma_ang, skip_align=skip_align, allow_coarser_sampling=allow_coarser_sampling, maxsig=maxsig,
-        ctf=not no_ctf, batch_size=batch_size, device=device, threads=threads, seed=seed, continue_from=continue_from,
+        gridding_iterations=gridding_iter if dont_skip_gridding else 0, ctf=not no_ctf, batch_size=batch_size, device=device, threads=threads, seed=seed, continue_from=continue_from,
     )
     with progress_bar("class3d", quiet) as bar:
         model_star = run(cfg, bar)

@@ -115,15 +115,17 @@ def maximise(
     fix_sigma_offset: bool = False,
     update_scale: bool = False,
     group_boxes: list[int] | None = None,
+    gridding_iterations: int = 0,
 ) -> Model:
     """New references (Wiener filter with τ² from the policy), σ², σ_offset, pdf_direction, π_k and
     (with `update_scale`) the intensity scale of each group; `group_boxes` : each optics group's
-    image box when they differ."""
+    image box when they differ; `gridding_iterations` > 0: RELION 3.1's iterative gridding."""
     refs, tau2s, ssnrs, complete = [], [], [], []
     for k, rec in enumerate(sums.reconstructors):
         rec.prepare(symmetry)
         tau2, ssnr = tau2_policy(k, rec)
-        volume = rec.reconstruct(tau2=tau2, tau2_fudge=tau2_policy.tau2_fudge).double()
+        volume = rec.reconstruct(tau2=tau2, tau2_fudge=tau2_policy.tau2_fudge,
+                                 gridding_iterations=gridding_iterations).double()
         if mask_radius_px is not None:
             volume = volume * solvent_mask(volume.shape[0], mask_radius_px, ndim=volume.ndim)
         refs.append(volume)

@@ -87,6 +87,7 @@ class Class3DConfig:
     perturb: float = 0.5
     adaptive_fraction: float = 0.999
     maxsig: int | None = None
+    gridding_iterations: int = 0
     ctf: bool = True
     batch_size: int = 64
     device: str = "cpu"
@@ -234,7 +235,7 @@ def _maximise(run: Run, sums: Sums, tau2: torch.Tensor) -> Model:
     """M-step with τ²_k from the references' power (T = --tau2_fudge); a class without particles
     gets a zero reference (RELION)."""
     new = maximise(run.model, sums, ReferencePowerTau2(tau2, run.cfg.tau2_fudge), symmetry=run.symmetry,
-                   mask_radius_px=run.mask_radius_px)
+                   mask_radius_px=run.mask_radius_px, gridding_iterations=run.cfg.gridding_iterations)
     for k in np.flatnonzero(new.class_prior <= 0):
         new.references[k] = torch.zeros_like(new.references[k])
     return new

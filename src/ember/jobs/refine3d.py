@@ -94,6 +94,7 @@ class Refine3DConfig:
     adaptive_fraction: float = 0.999
     max_iterations: int = 50
     maxsig: int | None = None
+    gridding_iterations: int = 0
     sigma_ang_deg: float | None = None
     maxcc: bool = False
     norm: bool = False
@@ -299,7 +300,7 @@ def iterate(run: Run, progress=None) -> None:
     tau2 = GoldStandardTau2(half_fsc, cfg.tau2_fudge)
     common = dict(symmetry=run.symmetry, mask_radius_px=run.mask_radius_px, fsc=half_fsc,
                   update_noise=weighting.updates_noise, update_scale=cfg.scale and not cfg.maxcc,
-                  group_boxes=[b for b, _ in run.group_sizes])
+                  group_boxes=[b for b, _ in run.group_sizes], gridding_iterations=cfg.gridding_iterations)
     if cfg.no_halves:
         m = maximise(run.models[0], _joined(sums, box, st.current_size // 2), tau2, **common)
         run.models = [m, m]
@@ -372,10 +373,10 @@ def finish(run: Run, sums) -> None:
     for r in recs:
         r.prepare(run.symmetry)
     half_fsc = unregularised_fsc(recs[0], recs[1])
-    unfil = [r.reconstruct().double() for r in recs]
+    unfil = [r.reconstruct(gridding_iterations=cfg.gridding_iterations).double() for r in recs]
     final = maximise(run.models[0], joint, GoldStandardTau2(half_fsc, cfg.tau2_fudge, joined=True),
                      symmetry=run.symmetry, mask_radius_px=None, fsc=half_fsc, update_noise=not cfg.maxcc,
-                     group_boxes=[b for b, _ in run.group_sizes])
+                     group_boxes=[b for b, _ in run.group_sizes], gridding_iterations=cfg.gridding_iterations)
     run.state.resolution_shell = resolution_shell(half_fsc, 0.143)
     run.resolutions.append(resolution_angstrom(run.state.resolution_shell, box, run.pixel))
     run.models = [final, final]

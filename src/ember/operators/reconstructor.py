@@ -14,11 +14,33 @@ from ember.operators.interpolation import (
     centred_to_half_2d,
     fold_periodic,
     gather,
+    half_to_centred,
+    half_to_centred_2d,
     scatter_add,
     trilinear_corners,
 )
 from ember.operators.masks import soft_mask_outside
 from ember.operators.projector import gridding_kernel
+
+
+def blob_transform(size: int, ndim: int, *, radius: float = 3.8, alpha: float = 15.0, device=None) -> torch.Tensor:
+    """(size,)*ndim real-space transform of RELION's order-0 Kaiser–Bessel blob (radius in Fourier
+    voxels), normalised to 1 at the origin, with the origin at index 0 (FFT order).
+
+    FT(w) ∝ I₃/₂(s)/s^{3/2} ∝ (cosh s − sinh s / s)/s² with s² = α² − (2π·radius·w)², w the
+    real-space radius in cycles (|x|/size); for s² < 0 it continues as (sin s' / s' − cos s')/s'²."""
+    idx = torch.fft.fftfreq(size, device=device, dtype=torch.float64)
+    grids = torch.meshgrid(*([idx] * ndim), indexing="ij")
+    w = torch.sqrt(sum(g * g for g in grids))
+    s2 = alpha**2 - (2 * torch.pi * radius * w) ** 2
+
+    def shape(v: torch.Tensor) -> torch.Tensor:
+        s = torch.sqrt(v.abs()).clamp(min=1e-6)
+        real = (torch.cosh(s) - torch.sinh(s) / s) / s**2
+        imaginary = (torch.sin(s) / s - torch.cos(s)) / s**2
+        return torch.where(v >= 0, real, imaginary)
+
+    return shape(s2) / shape(torch.tensor(alpha**2, dtype=torch.float64))
 
 
 class Reconstructor:
@@ -194,11 +216,14 @@ class Reconstructor:
         tau2_fudge: float = 1.0,
         minres_shell: int = 5,
         symmetry: torch.Tensor | None = None,
+        gridding_iterations: int = 0,
     ) -> torch.Tensor:
         """Regularised reconstruction → (N, N, N) float32 map ((N, N) in 2D), origin at N/2.
 
         tau2 : (N//2+1,) prior power per shell on the 2D-image scale, or None for no prior
         (only RELION's floor ε = 1/1000 of the shell-average weight).
+        gridding_iterations : 0 divides by the weight (RELION 4/5 default, `--skip_gridding`);
+        n > 0 uses n iterations of RELION 3.1's iterative gridding (its default, 10) instead.
         """
         self.prepare(symmetry)
         n, pad = self.box, self.pad
@@ -215,6 +240,9 @@ class Reconstructor:
             no_prior = t[s] <= 0
             reg = torch.where(no_prior, 1.0 / (0.001 * weight.clamp(min=1e-300)), reg)
             weight = torch.where(inside & (shells >= minres_shell), weight + reg, weight)
+        if gridding_iterations > 0:
+            inverse = self._gridding_inverse(weight, inside, gridding_iterations)
+            return self._to_real_space(torch.where(inside, self.data * inverse, torch.zeros_like(self.data)))
         flat_s = shells[inside]
         sums = torch.zeros(n_shells, dtype=torch.float64, device=self.device)
         counts = torch.zeros_like(sums)
@@ -224,6 +252,28 @@ class Reconstructor:
         denom = torch.maximum(weight, eps[shells.clamp(max=n_shells - 1)])
         spectrum = torch.where(inside & (denom > 0), self.data / denom.clamp(min=1e-300), torch.zeros_like(self.data))
         return self._to_real_space(spectrum)
+
+    def _gridding_inverse(self, weight: torch.Tensor, inside: torch.Tensor, iterations: int) -> torch.Tensor:
+        """Pipe & Menon (1999) density compensation, as RELION 3.1's `BackProjector::reconstruct`:
+        W ← W / max(10⁻⁶, |(W·weight) ⊛ blob|), W = 1 inside r_max at the start; the blob
+        (Kaiser–Bessel, order 0, radius 3.8 padded voxels, α = 15) is applied as a product with its
+        transform in real space. Returns W, an approximate inverse of the weight, in the centred layout."""
+        size = self.pad * self.box
+        dims = (size,) * self.ndim
+        half_inside = self._to_half(inside)
+        fweight = self._to_half(weight)
+        w = half_inside.to(torch.float64)
+        blob = blob_transform(size, self.ndim, device=self.device)
+        for _ in range(iterations):
+            conv = torch.fft.rfftn(torch.fft.irfftn(w * fweight, s=dims) * blob, s=dims).abs()
+            w = torch.where(half_inside, w / conv.clamp(min=1e-6), w)
+        return self._from_half(w)
+
+    def _to_half(self, centred: torch.Tensor) -> torch.Tensor:
+        return centred_to_half(centred) if self.ndim == 3 else centred_to_half_2d(centred)
+
+    def _from_half(self, half: torch.Tensor) -> torch.Tensor:
+        return half_to_centred(half) if self.ndim == 3 else half_to_centred_2d(half)
 
     def _to_real_space(self, spectrum: torch.Tensor) -> torch.Tensor:
         n, pad = self.box, self.pad
