@@ -120,6 +120,10 @@ def test_bad_class_count_is_refused_in_one_line(mixture, tmp_path):
                               "200", "--o", str(tmp_path / "out")])
     assert res.exit_code == 2 and "--K must be" in res.output
     assert not (tmp_path / "out").exists()
+    res = runner.invoke(app, ["class3d", "--i", str(star), "--ref", str(ref), "--K", "2", "--particle_diameter",
+                              "200", "--dont_skip_gridding", "--gridding_iter", "-1", "--o", str(tmp_path / "out")])
+    assert res.exit_code == 2 and "--gridding_iter must be" in res.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_dont_skip_gridding_reaches_the_reconstruction(mixture, tmp_path):

@@ -505,7 +505,8 @@ def class3d(
         symmetry=sym, ini_high_angstrom=ini_high, iterations=iterations, healpix_order=healpix_order,
         oversampling=oversampling, offset_range_px=offset_range, offset_step_px=offset_step, tau2_fudge=tau2_fudge,
         sigma_ang_deg=sigma_ang, skip_align=skip_align, allow_coarser_sampling=allow_coarser_sampling, maxsig=maxsig,
-        gridding_iterations=gridding_iter if dont_skip_gridding else 0, ctf=not no_ctf, batch_size=batch_size, device=device, threads=threads, seed=seed, continue_from=continue_from,
+        gridding_iterations=gridding_iter if dont_skip_gridding else 0, ctf=not no_ctf, batch_size=batch_size,
+        device=device, threads=threads, seed=seed, continue_from=continue_from,
     )
     with progress_bar("class3d", quiet) as bar:
         model_star = run(cfg, bar)

@@ -96,6 +96,8 @@ class Class3DConfig:
     continue_from: Path | None = None
 
     def __post_init__(self) -> None:
+        if self.gridding_iterations < 0:
+            raise EmberInputError(None, "--gridding_iter must be ≥ 0", "")
         if self.n_classes < 1:
             raise EmberInputError(None, f"--K must be ≥ 1 (got {self.n_classes})", "")
         if self.particle_diameter_angstrom <= 0:

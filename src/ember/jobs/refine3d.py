@@ -108,6 +108,8 @@ class Refine3DConfig:
     continue_from: Path | None = None
 
     def __post_init__(self) -> None:
+        if self.gridding_iterations < 0:
+            raise EmberInputError(None, "--gridding_iter must be ≥ 0", "")
         if self.particle_diameter_angstrom <= 0:
             raise EmberInputError(None, "--particle_diameter must be > 0 Å", "")
         if self.sigma_ang_deg is not None and self.sigma_ang_deg <= 0:

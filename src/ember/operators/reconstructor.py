@@ -19,7 +19,7 @@ from ember.operators.interpolation import (
     scatter_add,
     trilinear_corners,
 )
-from ember.operators.masks import soft_mask_outside
+from ember.operators.masks import radius_grid, soft_mask_outside
 from ember.operators.projector import gridding_kernel
 
 
@@ -29,9 +29,7 @@ def blob_transform(size: int, ndim: int, *, radius: float = 3.8, alpha: float = 
 
     FT(w) ∝ I₃/₂(s)/s^{3/2} ∝ (cosh s − sinh s / s)/s² with s² = α² − (2π·radius·w)², w the
     real-space radius in cycles (|x|/size); for s² < 0 it continues as (sin s' / s' − cos s')/s'²."""
-    idx = torch.fft.fftfreq(size, device=device, dtype=torch.float64)
-    grids = torch.meshgrid(*([idx] * ndim), indexing="ij")
-    w = torch.sqrt(sum(g * g for g in grids))
+    w = torch.fft.ifftshift(radius_grid(size, ndim, device=device)) / size
     s2 = alpha**2 - (2 * torch.pi * radius * w) ** 2
 
     def shape(v: torch.Tensor) -> torch.Tensor:
