@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import starfile
 import torch
 
 from benchmarks.common import SHARED, run_ember, table
@@ -65,6 +66,21 @@ def simulate(w: Path, n: int, box: int, angpix: float, snr: float, fractions: tu
         mean = sum(f * m.astype(np.float64) for f, (m, _) in zip(fractions, maps, strict=True))
         write_map(consensus, mean.astype(np.float32), maps[0][1])
     return star
+
+
+def with_offset_error(star: Path, sigma_px: float, seed: int = 7) -> Path:
+    """A copy of `star` whose rlnOriginX/YAngst carry Gaussian errors of `sigma_px` pixels per axis, as a
+    consensus refinement's offsets would (the simulated STAR holds the true ones)."""
+    out = star.with_name(f"{star.stem}_offerr{sigma_px:g}.star")
+    if not out.exists():
+        blocks = starfile.read(star, always_dict=True)
+        angpix = float(blocks["optics"]["rlnImagePixelSize"].iloc[0])
+        rng = np.random.default_rng(seed)
+        p = blocks["particles"]
+        for axis in ("X", "Y"):
+            p[f"rlnOrigin{axis}Angst"] = p[f"rlnOrigin{axis}Angst"] + rng.normal(0.0, sigma_px * angpix, len(p))
+        starfile.write(blocks, out)
+    return out
 
 
 def resolution_vs(map_path: Path, truth_path: Path) -> float:
@@ -164,9 +180,10 @@ def write_figures(folder: Path, figures: dict) -> None:
 
 
 def ember_class3d(w: Path, star: Path, n_classes: int, iterations: int, fractions: tuple[float, ...],
-                  healpix_order: int, ctf: bool = True, seed: int = 1, gridding_iterations: int = 0) -> dict:
+                  healpix_order: int, ctf: bool = True, seed: int = 1, gridding_iterations: int = 0,
+                  suffix: str = "") -> dict:
     """Ember's class3d with 2 threads; `gridding_iterations` > 0: RELION 3.1's iterative gridding."""
-    tag = ("" if seed == 1 else f"_s{seed}") + (f"_grid{gridding_iterations}" if gridding_iterations else "")
+    tag = ("" if seed == 1 else f"_s{seed}") + (f"_grid{gridding_iterations}" if gridding_iterations else "") + suffix
     out = w / f"ember_K{n_classes}{tag}"
     shutil.rmtree(out, ignore_errors=True)
     cfg = Class3DConfig(star=star, reference=w / "consensus.mrc", output=out, n_classes=n_classes,
@@ -187,10 +204,10 @@ def ember_class3d(w: Path, star: Path, n_classes: int, iterations: int, fraction
 
 
 def relion_class3d(w: Path, star: Path, iterations: int, fractions: tuple[float, ...], healpix_order: int,
-                   ctf: bool = True, seed: int = 1, extra: tuple[str, ...] = ()) -> dict:
+                   ctf: bool = True, seed: int = 1, extra: tuple[str, ...] = (), suffix: str = "") -> dict:
     """`mpirun -n 3 relion_refine_mpi --K 2 …` with `--random_seed seed` and `extra` arguments appended."""
-    tag = "".join(f"_{a.lstrip('-')}" for a in extra)
-    out = w / ("relion" if seed == 1 and not extra else f"relion_s{seed}{tag}")
+    tag = "".join(f"_{a.lstrip('-')}" for a in extra) + suffix
+    out = w / ("relion" if seed == 1 and not tag else f"relion_s{seed}{tag}")
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
     cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", "3", "relion_refine_mpi", "--i", str(star),
@@ -261,7 +278,11 @@ def main() -> None:
     ap.add_argument("--relion_seed", type=int, default=1)
     ap.add_argument("--relion_extra", default="",
                     help="more relion_refine arguments, e.g. --relion_extra=--skip_gridding")
+    ap.add_argument("--offset_error", type=float, default=0.0,
+                    help="Gaussian error (pixels per axis) added to the STAR's true offsets before both programs "
+                         "run, as a consensus refinement would leave them (0: the true offsets)")
     args = ap.parse_args()
+    suffix = f"_offerr{args.offset_error:g}" if args.offset_error else ""
     mixes = [(0.5, 0.5), (0.8, 0.2)] if args.fractions == "both" else \
         [tuple(float(x) for x in args.fractions.split(","))]
     rows: list[tuple[str, str, str]] = []
@@ -278,6 +299,8 @@ def main() -> None:
             w = args.work / f"n{n}_b{box}_a{angpix:g}_snr{args.snr:g}{'_noctf' if args.no_ctf else ''}" / tag
             w.mkdir(parents=True, exist_ok=True)
             star = simulate(w, n, box, angpix, args.snr, fractions, not args.no_ctf)
+            if args.offset_error:
+                star = with_offset_error(star, args.offset_error)
             truth_res = resolution_vs(w / "sim" / "truth_class001.mrc", w / "sim" / "truth_class002.mrc")
             head = f"{tag}, {n} particles, box {box} at {angpix:g} Å"
             for k in ks:
@@ -285,9 +308,10 @@ def main() -> None:
                     continue
                 done.add((w, k, iterations))
                 f = ember_class3d(w, star, k, iterations, fractions, args.healpix_order, not args.no_ctf,
-                                  args.seed, args.gridding_iter)
+                                  args.seed, args.gridding_iter, suffix)
                 grid = f", gridding {args.gridding_iter}" if args.gridding_iter else ""
-                rows += rows_of(f, f"{head}, Ember K={k} (seed {args.seed}{grid})", truth_res)
+                err = f", offsets ± {args.offset_error:g} px" if args.offset_error else ""
+                rows += rows_of(f, f"{head}, Ember K={k} (seed {args.seed}{grid}{err})", truth_res)
                 print(table(rows[-9:]), flush=True)
             if with_relion:
                 if shutil.which("relion_refine_mpi") is None:
@@ -295,9 +319,10 @@ def main() -> None:
                     continue
                 extra = tuple(shlex.split(args.relion_extra))
                 f = relion_class3d(w, star, iterations, fractions, args.healpix_order, not args.no_ctf,
-                                   args.relion_seed, extra)
+                                   args.relion_seed, extra, suffix)
+                err = f", offsets ± {args.offset_error:g} px" if args.offset_error else ""
                 rows += rows_of(f, f"{head}, RELION 3.1.3 K=2 (--norm --scale {' '.join(extra)}, seed "
-                                   f"{args.relion_seed})", truth_res)
+                                   f"{args.relion_seed}{err})", truth_res)
                 print(table(rows[-9:]), flush=True)
     print()
     print(EMBER_NOTE)

@@ -140,3 +140,32 @@ def test_dont_skip_gridding_reaches_the_reconstruction(mixture, tmp_path):
         maps.append(read_map(out / "run_it001_class001.mrc")[0].ravel())
     assert np.corrcoef(maps[0], maps[1])[0, 1] > 0.95
     assert np.linalg.norm(maps[0] - maps[1]) / np.linalg.norm(maps[0]) > 1e-3
+
+
+def test_offset_prior_width_follows_the_offset_option(mixture, tmp_path):
+    """`--offset` (σ of the translation prior, Å, centred on the box centre when the STAR has no
+    rlnOriginX/YPriorAngst, as RELION's): with 50 Å the search follows the true offsets; with 0.1 Å
+    the prior holds every particle at the grid translation next to the box centre (one pass with a
+    1 px step: RELION, too, evaluates the prior at the coarse translations only)."""
+    star, ref, _ = mixture
+    table = starfile.read(star, always_dict=True)
+    table["particles"] = table["particles"].iloc[:300]
+    small = star.parent / "first300_offsets.star"
+    starfile.write(table, small)
+    true_x = table["particles"]["rlnOriginXAngst"].to_numpy() / 7.0
+    found = {}
+    for sigma in ("0.1", "50"):
+        out = tmp_path / sigma
+        res = runner.invoke(app, ["class3d", "--i", str(small), "--ref", str(ref), "--K", "1", "--iter", "1",
+                                  "--particle_diameter", "200", "--ini_high", "30", "--healpix_order", "1",
+                                  "--oversampling", "0", "--offset_step", "1", "--offset", sigma, "--o", str(out),
+                                  "--quiet"])
+        assert res.exit_code == 0, res.output
+        p = read_particles_star(out / "run_it001_data.star").particles
+        found[sigma] = p[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy() / 7.0
+    assert np.corrcoef(found["50"][:, 0], true_x)[0, 1] > 0.5
+    assert np.hypot(*found["0.1"].T).max() < 1.0 < np.abs(true_x).max()
+    res = runner.invoke(app, ["class3d", "--i", str(small), "--ref", str(ref), "--K", "1", "--particle_diameter",
+                              "200", "--offset", "0", "--o", str(tmp_path / "bad")])
+    assert res.exit_code == 2 and "--offset must be > 0" in res.output
+    assert not (tmp_path / "bad").exists()

@@ -100,6 +100,9 @@ Threads = Annotated[Optional[int], typer.Option("--j", help="CPU threads for tor
 DontSkipGridding = Annotated[bool, typer.Option(
     "--dont_skip_gridding", help="Iterative gridding in the M-step (RELION 3.1's default; RELION 4/5 skip it).")]
 GriddingIter = Annotated[int, typer.Option("--gridding_iter", help="Iterations of the gridding with --dont_skip_gridding.")]
+SigmaOffset = Annotated[float, typer.Option(
+    "--offset", help="Initial σ (Å) of the Gaussian prior on each particle's translation, centred on rlnOriginX/YPriorAngst "
+    "or else the box centre (RELION's --offset); re-estimated every iteration.")]
 
 
 @app.command()
@@ -288,6 +291,7 @@ def refine3d(
     oversampling: Annotated[int, typer.Option("--oversampling", help="Adaptive oversampling order (0 = one pass).")] = 1,
     offset_range: Annotated[float, typer.Option("--offset_range", help="Translation search range in pixels.")] = 5.0,
     offset_step: Annotated[float, typer.Option("--offset_step", help="Coarse translation step in pixels (fine = step / 2^oversampling).")] = 2.0,
+    sigma_offset: SigmaOffset = 10.0,
     auto_local_healpix_order: Annotated[int, typer.Option("--auto_local_healpix_order", help="Switch to local searches from this HEALPix order.")] = 4,
     low_resol_join_halves: Annotated[float, typer.Option("--low_resol_join_halves", help="Halves share data below this resolution (Å).")] = 40.0,
     tau2_fudge: Annotated[float, typer.Option("--tau2_fudge", help="Regularisation parameter T.")] = 1.0,
@@ -325,7 +329,8 @@ def refine3d(
     cfg = Refine3DConfig(
         star=star, reference=reference, output=output, particle_diameter_angstrom=particle_diameter, symmetry=sym,
         ini_high_angstrom=ini_high, healpix_order=healpix_order, oversampling=oversampling,
-        offset_range_px=offset_range, offset_step_px=offset_step, auto_local_healpix_order=auto_local_healpix_order,
+        offset_range_px=offset_range, offset_step_px=offset_step, sigma_offset_angstrom=sigma_offset,
+        auto_local_healpix_order=auto_local_healpix_order,
         low_resol_join_halves_angstrom=low_resol_join_halves, tau2_fudge=tau2_fudge, maxsig=maxsig, sigma_ang_deg=sigma_ang, norm=norm, scale=scale,
         gridding_iterations=gridding_iter if dont_skip_gridding else 0,
         max_iterations=iterations, maxcc=maxcc, no_halves=no_halves, ctf=not no_ctf, batch_size=batch_size,
@@ -475,6 +480,7 @@ def class3d(
     offset_step: Annotated[float, typer.Option("--offset_step", help="Coarse translation step in pixels.")] = 2.0,
     tau2_fudge: Annotated[float, typer.Option("--tau2_fudge", help="Regularisation parameter T (RELION's Class3D: 4).")] = 4.0,
     sigma_ang: Annotated[Optional[float], typer.Option("--sigma_ang", help="Local searches: σ (degrees) of the Gaussian prior around each particle's input angles.")] = None,
+    sigma_offset: SigmaOffset = 10.0,
     skip_align: Annotated[bool, typer.Option("--skip_align", help="No alignment: classify with the input angles and offsets.")] = False,
     allow_coarser_sampling: Annotated[bool, typer.Option(
         "--allow_coarser_sampling", help="Each iteration, angular and offset steps as coarse as 80 % of the expected "
@@ -504,7 +510,7 @@ def class3d(
         star=star, reference=reference, output=output, n_classes=n_classes, particle_diameter_angstrom=particle_diameter,
         symmetry=sym, ini_high_angstrom=ini_high, iterations=iterations, healpix_order=healpix_order,
         oversampling=oversampling, offset_range_px=offset_range, offset_step_px=offset_step, tau2_fudge=tau2_fudge,
-        sigma_ang_deg=sigma_ang, skip_align=skip_align, allow_coarser_sampling=allow_coarser_sampling, maxsig=maxsig,
+        sigma_offset_angstrom=sigma_offset, sigma_ang_deg=sigma_ang, skip_align=skip_align, allow_coarser_sampling=allow_coarser_sampling, maxsig=maxsig,
         gridding_iterations=gridding_iter if dont_skip_gridding else 0, ctf=not no_ctf, batch_size=batch_size,
         device=device, threads=threads, seed=seed, continue_from=continue_from,
     )

@@ -106,6 +106,8 @@ class Class3DConfig:
             raise EmberInputError(None, f"--iter must be ≥ 1 (got {self.iterations})", "")
         if self.sigma_ang_deg is not None and self.sigma_ang_deg <= 0:
             raise EmberInputError(None, "--sigma_ang must be > 0 degrees", "")
+        if self.sigma_offset_angstrom <= 0:
+            raise EmberInputError(None, f"--offset must be > 0 Å (got {self.sigma_offset_angstrom})", "")
         if self.offset_step_px <= 0 or self.offset_range_px < 0:
             raise EmberInputError(None, "--offset_step must be > 0 and --offset_range ≥ 0 (pixels)", "")
 
