@@ -223,3 +223,13 @@ def test_odd_box_option(tmp_path):
         "even",
         tmp_path / "s",
     )
+
+
+def test_refine3d_offset_prior_must_be_positive(dataset, tmp_path):
+    write_map(tmp_path / "ref.mrc", blob_volume(16).numpy(), 2.0)
+    expect_clean_failure(
+        ["refine3d", "--i", str(dataset), "--ref", str(tmp_path / "ref.mrc"), "--o", str(tmp_path / "out"),
+         "--particle_diameter", "20", "--offset", "-1"],
+        "--offset must be > 0",
+        tmp_path / "out",
+    )
