@@ -36,12 +36,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import starfile
 import torch
 
 from benchmarks.common import SHARED, run_ember, table
 from ember.io.mrc import read_map, write_map
-from ember.io.star import read_star_blocks
+from ember.io.star import read_particles_star, read_star_blocks, write_particles_star
 from ember.jobs.class3d import Class3DConfig, class3d
 from ember.maths.fourier import resolution_angstrom
 from ember.maths.fsc import fsc, resolution_shell
@@ -73,13 +72,13 @@ def with_offset_error(star: Path, sigma_px: float, seed: int = 7) -> Path:
     consensus refinement's offsets would (the simulated STAR holds the true ones)."""
     out = star.with_name(f"{star.stem}_offerr{sigma_px:g}.star")
     if not out.exists():
-        blocks = starfile.read(star, always_dict=True)
-        angpix = float(blocks["optics"]["rlnImagePixelSize"].iloc[0])
+        table = read_particles_star(star)
+        p = table.particles
+        angpix = p["rlnOpticsGroup"].map(table.optics.set_index("rlnOpticsGroup")["rlnImagePixelSize"]).to_numpy()
         rng = np.random.default_rng(seed)
-        p = blocks["particles"]
         for axis in ("X", "Y"):
-            p[f"rlnOrigin{axis}Angst"] = p[f"rlnOrigin{axis}Angst"] + rng.normal(0.0, sigma_px * angpix, len(p))
-        starfile.write(blocks, out)
+            p[f"rlnOrigin{axis}Angst"] = p[f"rlnOrigin{axis}Angst"] + rng.normal(0.0, sigma_px, len(p)) * angpix
+        write_particles_star(out, table)
     return out
 
 
@@ -283,6 +282,7 @@ def main() -> None:
                          "run, as a consensus refinement would leave them (0: the true offsets)")
     args = ap.parse_args()
     suffix = f"_offerr{args.offset_error:g}" if args.offset_error else ""
+    err = f", offsets ± {args.offset_error:g} px" if args.offset_error else ""
     mixes = [(0.5, 0.5), (0.8, 0.2)] if args.fractions == "both" else \
         [tuple(float(x) for x in args.fractions.split(","))]
     rows: list[tuple[str, str, str]] = []
@@ -310,7 +310,6 @@ def main() -> None:
                 f = ember_class3d(w, star, k, iterations, fractions, args.healpix_order, not args.no_ctf,
                                   args.seed, args.gridding_iter, suffix)
                 grid = f", gridding {args.gridding_iter}" if args.gridding_iter else ""
-                err = f", offsets ± {args.offset_error:g} px" if args.offset_error else ""
                 rows += rows_of(f, f"{head}, Ember K={k} (seed {args.seed}{grid}{err})", truth_res)
                 print(table(rows[-9:]), flush=True)
             if with_relion:
@@ -320,7 +319,6 @@ def main() -> None:
                 extra = tuple(shlex.split(args.relion_extra))
                 f = relion_class3d(w, star, iterations, fractions, args.healpix_order, not args.no_ctf,
                                    args.relion_seed, extra, suffix)
-                err = f", offsets ± {args.offset_error:g} px" if args.offset_error else ""
                 rows += rows_of(f, f"{head}, RELION 3.1.3 K=2 (--norm --scale {' '.join(extra)}, seed "
                                    f"{args.relion_seed}{err})", truth_res)
                 print(table(rows[-9:]), flush=True)
