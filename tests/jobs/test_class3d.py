@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import starfile
 import torch
@@ -169,3 +170,35 @@ def test_offset_prior_width_follows_the_offset_option(mixture, tmp_path):
                               "200", "--offset", "0", "--o", str(tmp_path / "bad")])
     assert res.exit_code == 2 and "--offset must be > 0" in res.output
     assert not (tmp_path / "bad").exists()
+
+
+def test_star_reference_sets_one_map_per_class_and_no_random_seeds(mixture, tmp_path):
+    """`--ref refs.star` (RELION's multi-reference input): class k starts from the k-th
+    rlnReferenceImage (relative names found beside the STAR file) and the first iteration
+    compares every particle with every class, so the true maps, listed in reverse order, put
+    ≥ 90 % of particles in the swapped class at once (random seeds would give 50 %)."""
+    star, _, truths = mixture
+    for k in (1, 2):
+        write_map(tmp_path / f"state{k}.mrc", truths[k - 1], 7.0)
+    starfile.write({"model_classes": pd.DataFrame({"rlnReferenceImage": ["state2.mrc", "state1.mrc"]})},
+                   tmp_path / "refs.star")
+    class3d(_config(star, tmp_path / "refs.star", tmp_path / "out", n_classes=None, skip_align=True, iterations=1))
+    found = read_particles_star(tmp_path / "out" / "run_it001_data.star").particles["rlnClassNumber"].to_numpy()
+    true = read_particles_star(star).particles["rlnClassNumber"].to_numpy()
+    assert np.mean(found == 3 - true) >= 0.9
+
+
+def test_star_reference_errors_are_one_line(mixture, tmp_path):
+    """A STAR reference without rlnReferenceImage, or with a class count other than --K, is refused
+    in one line naming the file, and nothing is written."""
+    star, ref, _ = mixture
+    starfile.write({"model_classes": pd.DataFrame({"rlnReferenceImage": [str(ref), str(ref)]})}, tmp_path / "two.star")
+    starfile.write({"model_classes": pd.DataFrame({"rlnImageName": [str(ref)]})}, tmp_path / "none.star")
+    for refs, k, message in (("two.star", ["--K", "3"], "lists 2 references but --K is 3"),
+                             ("none.star", [], "no rlnReferenceImage column"),
+                             (str(ref), [], "--K is needed")):
+        res = runner.invoke(app, ["class3d", "--i", str(star), "--ref", str(tmp_path / refs), *k,
+                                  "--particle_diameter", "200", "--o", str(tmp_path / "out")])
+        assert res.exit_code == 2 and message in res.output, res.output
+        assert len(res.output.strip().splitlines()) == 1
+        assert not (tmp_path / "out").exists()

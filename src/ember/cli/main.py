@@ -467,10 +467,10 @@ def select(
 @handles_errors
 def class3d(
     star: Annotated[Path, typer.Option("--i", help="Particle STAR file (RELION 3.0 or 3.1+).")],
-    reference: Annotated[Path, typer.Option("--ref", help="Starting reference map (.mrc): every class starts from it, low-passed to --ini_high.")],
+    reference: Annotated[Path, typer.Option("--ref", help="Starting reference map (.mrc): every class starts from it, low-passed to --ini_high; or a STAR file (e.g. a model.star) whose rlnReferenceImage lists one map per class (no random seeds).")],
     output: Annotated[Path, typer.Option("--o", help="Output folder (RELION job layout: run_itNNN_*).")],
-    n_classes: Annotated[int, typer.Option("--K", "--k", help="Number of classes.")],
     particle_diameter: Annotated[float, typer.Option("--particle_diameter", help="Particle diameter in Å (soft circular mask and solvent mask).")],
+    n_classes: Annotated[Optional[int], typer.Option("--K", "--k", help="Number of classes (needed with a .mrc reference; a STAR reference sets it).")] = None,
     sym: Annotated[str, typer.Option("--sym", help="Point group: C1, Cn, Dn, T, O, I.")] = "C1",
     ini_high: Annotated[float, typer.Option("--ini_high", help="Low-pass the reference to this resolution (Å) first.")] = 60.0,
     iterations: Annotated[int, typer.Option("--iter", help="Number of iterations.")] = 25,

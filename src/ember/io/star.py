@@ -149,3 +149,25 @@ def write_star_blocks(path: str | Path, blocks: dict[str, pd.DataFrame | dict]) 
     """Write named STAR blocks atomically (dicts become key–value lists)."""
     with atomic_path(path) as tmp:
         starfile.write(blocks, tmp)
+
+
+def read_reference_list(path: str | Path) -> list[Path]:
+    """The maps named by rlnReferenceImage in a STAR file (RELION's `--ref refs.star`; a
+    model.star's `model_classes` block first), one per class. A relative name is read from the
+    current folder (RELION's project folder), else from the STAR file's folder."""
+    path = Path(path)
+    blocks = read_star_blocks(path)
+    named = [b for name, b in sorted(blocks.items(), key=lambda kv: kv[0] != "model_classes")
+             if "rlnReferenceImage" in b.columns]
+    if not named:
+        raise EmberInputError(path, "no rlnReferenceImage column",
+                              "list one map per class under rlnReferenceImage (as in a model.star), or give a .mrc")
+    maps = []
+    for name in named[0]["rlnReferenceImage"].astype(str):
+        found = Path(name)
+        if not found.is_absolute() and not found.exists() and (path.parent / found).exists():
+            found = path.parent / found
+        maps.append(found)
+    if not maps:
+        raise EmberInputError(path, "rlnReferenceImage lists no maps", "list one map per class")
+    return maps

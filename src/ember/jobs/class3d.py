@@ -1,11 +1,12 @@
 """`ember class3d`: multi-reference 3D classification (RELION `relion_refine --K K`, ALGORITHM §7.1).
 
-One model of K classes from all particles, no half sets. Each iteration: τ²_k from the power of
-reference k → E-step marginalising over class, orientation and translation (in the first iteration
-each particle sees one random class only: RELION's seed generation) → M-step (Wiener
-reconstruction of each class with T·τ²_k, σ², σ_offset, π_k, pdf_direction) → solvent flattening
-→ new current resolution from data_vs_prior → write `run_itNNN_*`. A fixed number of iterations at
-a fixed angular sampling.
+One model of K classes from all particles, no half sets. The classes start as K copies of one
+reference, or from the K maps a STAR reference lists (RELION's `--ref refs.star`). Each
+iteration: τ²_k from the power of reference k → E-step marginalising over class, orientation and
+translation (in the first iteration each particle sees one random class only: RELION's seed
+generation, with one reference) → M-step (Wiener reconstruction of each class with T·τ²_k, σ²,
+σ_offset, π_k, pdf_direction) → solvent flattening → new current resolution from data_vs_prior →
+write `run_itNNN_*`. A fixed number of iterations at a fixed angular sampling.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from ember.inference.schedule import (
 )
 from ember.io.mrc import read_map
 from ember.io.particles import ParticleDataSet, check_map_matches
+from ember.io.star import read_reference_list
 from ember.jobs.common import ParticleRun, config_dict, job_report, select_device, write_job_json
 from ember.jobs.refine_io import (
     add_class_numbers,
@@ -70,7 +72,7 @@ class Class3DConfig:
     star: Path
     reference: Path
     output: Path
-    n_classes: int
+    n_classes: int | None
     particle_diameter_angstrom: float
     symmetry: str = "C1"
     ini_high_angstrom: float = 60.0
@@ -98,7 +100,9 @@ class Class3DConfig:
     def __post_init__(self) -> None:
         if self.gridding_iterations < 0:
             raise EmberInputError(None, "--gridding_iter must be ≥ 0", "")
-        if self.n_classes < 1:
+        if self.n_classes is None and Path(self.reference).suffix != ".star":
+            raise EmberInputError(None, "--K is needed with a single reference map", "add --K (number of classes)")
+        if self.n_classes is not None and self.n_classes < 1:
             raise EmberInputError(None, f"--K must be ≥ 1 (got {self.n_classes})", "")
         if self.particle_diameter_angstrom <= 0:
             raise EmberInputError(None, "--particle_diameter must be > 0 Å", "")
@@ -125,6 +129,7 @@ class Run(ParticleRun):
     directions: np.ndarray
     ave_pmax: float = 0.0
     history: list[list[float]] = field(default_factory=list)
+    generate_seeds: bool = True
 
 
 def class3d(cfg: Class3DConfig, progress=None) -> Path:
@@ -147,20 +152,19 @@ def class3d(cfg: Class3DConfig, progress=None) -> Path:
 
 
 def start(cfg: Class3DConfig) -> Run:
-    """All K classes start from the ini_high-filtered reference (ALGORITHM §7.1)."""
+    """All K classes start from the ini_high-filtered reference (ALGORITHM §7.1); or, with a STAR
+    file as reference, class k from its k-th rlnReferenceImage, and no seed generation (RELION)."""
     dataset = ParticleDataSet.from_star(cfg.star)
-    ref, ref_pixel = read_map(cfg.reference)
-    check_map_matches(cfg.reference, ref.shape[0], ref_pixel, dataset)
     box, pixel = dataset.box, dataset.pixel_size
     ini_shell = shell_of_resolution(cfg.ini_high_angstrom, box, pixel)
-    reference = lowpass_ini_high(torch.from_numpy(ref).double(), cfg.ini_high_angstrom, pixel)
+    references = [lowpass_ini_high(torch.from_numpy(ref).double(), cfg.ini_high_angstrom, pixel)
+                  for ref in starting_maps(cfg, dataset)]
     symmetry = symmetry_operators(cfg.symmetry)
     directions = asymmetric_unit(cfg.healpix_order, symmetry)
     sigma2 = initial_sigma2(dataset, first_per_group(dataset), cfg.particle_diameter_angstrom / (2 * pixel))
     pdf = uniform_direction_pdf(cfg.healpix_order, directions)
-    model = Model.initial([reference] * cfg.n_classes, sigma2, cfg.sigma_offset_angstrom, pdf,
-                          int(dataset.group_numbers().max()))
-    results = ParticleResults.empty(len(dataset), cfg.n_classes)
+    model = Model.initial(references, sigma2, cfg.sigma_offset_angstrom, pdf, int(dataset.group_numbers().max()))
+    results = ParticleResults.empty(len(dataset), len(references))
     if all(c in dataset.table.particles for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")):
         results.angles[:] = dataset.angles_deg()
     elif cfg.skip_align or cfg.sigma_ang_deg is not None:
@@ -171,7 +175,26 @@ def start(cfg: Class3DConfig) -> Run:
                             offset_range_px=cfg.offset_range_px, offset_step_px=cfg.offset_step_px,
                             resolution_shell=ini_shell, best_resolution_shell=ini_shell,
                             sigma_ang_deg=cfg.sigma_ang_deg)
-    return Run(cfg, dataset, model, state, results, symmetry, directions)
+    return Run(cfg, dataset, model, state, results, symmetry, directions,
+               generate_seeds=Path(cfg.reference).suffix != ".star")
+
+
+def starting_maps(cfg: Class3DConfig, dataset: ParticleDataSet) -> list[np.ndarray]:
+    """K copies of the --ref map, or the maps a --ref STAR file lists (K from the file)."""
+    if Path(cfg.reference).suffix != ".star":
+        ref, ref_pixel = read_map(cfg.reference)
+        check_map_matches(cfg.reference, ref.shape[0], ref_pixel, dataset)
+        return [ref] * cfg.n_classes
+    paths = read_reference_list(cfg.reference)
+    if cfg.n_classes is not None and cfg.n_classes != len(paths):
+        raise EmberInputError(cfg.reference, f"lists {len(paths)} references but --K is {cfg.n_classes}",
+                              "drop --K (the file sets the number of classes) or list one map per class")
+    maps = []
+    for path in paths:
+        ref, ref_pixel = read_map(path)
+        check_map_matches(path, ref.shape[0], ref_pixel, dataset)
+        maps.append(ref)
+    return maps
 
 
 def seed_classes(n: int, n_classes: int, seed: int) -> np.ndarray:
@@ -219,7 +242,7 @@ def iterate(run: Run, progress=None) -> None:
     common = dict(prior_angles_deg=run.results.angles.copy(), prior_offsets_px=run.results.offsets_px.copy(),
                   symmetry=run.symmetry, mask_radius_px=run.mask_radius_px, batch_size=cfg.batch_size,
                   use_ctf=cfg.ctf, progress=tick, fixed_poses=cfg.skip_align, device=cfg.device)
-    if st.iteration == 1 and k_classes > 1:
+    if st.iteration == 1 and k_classes > 1 and run.generate_seeds:
         assigned = seed_classes(n, k_classes, cfg.seed)
         run_expectation_assigned(run.dataset, np.arange(n), assigned, model, sampling, settings, sums, run.results,
                                  **common)
