@@ -178,3 +178,17 @@ def test_continue_reproduces_the_next_iteration(tmp_path):
     norms = [read_particles_star(tmp_path / r / "run_it002_data.star").particles["rlnNormCorrection"] for r in "ab"]
     np.testing.assert_allclose(norms[0], norms[1], rtol=1e-5)  # STAR holds 6 digits
     assert norms[0].std() > 0  # --norm: per-particle values, not the constant 1
+
+
+def test_fix_sigma_offset_keeps_the_prior_width(tmp_path):
+    """`--fix_sigma_offset`: the halves' σ_offset stays at --offset (3 Å) after an iteration; without
+    it the M-step re-estimates it from the translations."""
+    star = simulate(SimulateConfig(output=tmp_path / "sim", n_particles=200, model_path=MODEL, box=32,
+                                   pixel_size=2.5, snr=0.2, max_offset_px=2.0, seed=2))
+    sigma = {}
+    for fixed in (True, False):
+        out = tmp_path / str(fixed)
+        refine3d(config(star, out, max_iterations=1, sigma_offset_angstrom=3.0, fix_sigma_offset=fixed))
+        general = starfile.read(out / "run_it001_half1_model.star", always_dict=True)["model_general"]
+        sigma[fixed] = float(general["rlnSigmaOffsetsAngst"])
+    assert sigma[True] == pytest.approx(3.0) and abs(sigma[False] - 3.0) > 0.1

@@ -202,3 +202,29 @@ def test_star_reference_errors_are_one_line(mixture, tmp_path):
         assert res.exit_code == 2 and message in res.output, res.output
         assert len(res.output.strip().splitlines()) == 1
         assert not (tmp_path / "out").exists()
+
+
+def test_input_offset_prior_and_fixed_sigma_hold_the_input_offsets(mixture, tmp_path):
+    """`--input_offset_prior --offset 0.1 --fix_sigma_offset`: the prior sits on each particle's input
+    offsets, so one pass with a 1 px step keeps every particle within 0.5 px of them (the grid point
+    next to its input), where the box-centred prior of the same σ pulls them all to the centre;
+    σ_offset stays at 0.1 Å in the model.star only with --fix_sigma_offset."""
+    star, ref, _ = mixture
+    table = starfile.read(star, always_dict=True)
+    table["particles"] = table["particles"].iloc[:300]
+    small = star.parent / "first300_input_prior.star"
+    starfile.write(table, small)
+    given = table["particles"][["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy() / 7.0
+    found, sigma = {}, {}
+    for flags in (["--input_offset_prior", "--fix_sigma_offset"], []):
+        out = tmp_path / str(len(flags))
+        res = runner.invoke(app, ["class3d", "--i", str(small), "--ref", str(ref), "--K", "1", "--iter", "1",
+                                  "--particle_diameter", "200", "--ini_high", "30", "--healpix_order", "1",
+                                  "--oversampling", "0", "--offset_step", "1", "--offset", "0.1", "--o", str(out),
+                                  "--quiet", *flags])
+        assert res.exit_code == 0, res.output
+        p = read_particles_star(out / "run_it001_data.star").particles
+        found[len(flags)] = p[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy() / 7.0
+        sigma[len(flags)] = float(starfile.read(out / "run_it001_model.star")["model_general"]["rlnSigmaOffsetsAngst"])
+    assert np.abs(found[2] - given).max() <= 0.5 + 1e-6 < np.abs(found[0] - given).max()
+    assert sigma[2] == pytest.approx(0.1) and sigma[0] > 0.2

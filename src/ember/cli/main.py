@@ -102,7 +102,9 @@ DontSkipGridding = Annotated[bool, typer.Option(
 GriddingIter = Annotated[int, typer.Option("--gridding_iter", help="Iterations of the gridding with --dont_skip_gridding.")]
 SigmaOffset = Annotated[float, typer.Option(
     "--offset", help="Initial σ (Å) of the Gaussian prior on each particle's translation, centred on rlnOriginX/YPriorAngst "
-    "or else the box centre (RELION's --offset); re-estimated every iteration.")]
+    "or else the box centre (RELION's --offset); re-estimated every iteration unless --fix_sigma_offset.")]
+FixSigmaOffset = Annotated[bool, typer.Option(
+    "--fix_sigma_offset", help="Keep the translation prior's σ at --offset instead of re-estimating it (RELION's flag).")]
 
 
 @app.command()
@@ -292,6 +294,7 @@ def refine3d(
     offset_range: Annotated[float, typer.Option("--offset_range", help="Translation search range in pixels.")] = 5.0,
     offset_step: Annotated[float, typer.Option("--offset_step", help="Coarse translation step in pixels (fine = step / 2^oversampling).")] = 2.0,
     sigma_offset: SigmaOffset = 10.0,
+    fix_sigma_offset: FixSigmaOffset = False,
     auto_local_healpix_order: Annotated[int, typer.Option("--auto_local_healpix_order", help="Switch to local searches from this HEALPix order.")] = 4,
     low_resol_join_halves: Annotated[float, typer.Option("--low_resol_join_halves", help="Halves share data below this resolution (Å).")] = 40.0,
     tau2_fudge: Annotated[float, typer.Option("--tau2_fudge", help="Regularisation parameter T.")] = 1.0,
@@ -329,7 +332,7 @@ def refine3d(
     cfg = Refine3DConfig(
         star=star, reference=reference, output=output, particle_diameter_angstrom=particle_diameter, symmetry=sym,
         ini_high_angstrom=ini_high, healpix_order=healpix_order, oversampling=oversampling,
-        offset_range_px=offset_range, offset_step_px=offset_step, sigma_offset_angstrom=sigma_offset,
+        offset_range_px=offset_range, offset_step_px=offset_step, sigma_offset_angstrom=sigma_offset, fix_sigma_offset=fix_sigma_offset,
         auto_local_healpix_order=auto_local_healpix_order,
         low_resol_join_halves_angstrom=low_resol_join_halves, tau2_fudge=tau2_fudge, maxsig=maxsig, sigma_ang_deg=sigma_ang, norm=norm, scale=scale,
         gridding_iterations=gridding_iter if dont_skip_gridding else 0,
@@ -481,6 +484,10 @@ def class3d(
     tau2_fudge: Annotated[float, typer.Option("--tau2_fudge", help="Regularisation parameter T (RELION's Class3D: 4).")] = 4.0,
     sigma_ang: Annotated[Optional[float], typer.Option("--sigma_ang", help="Local searches: σ (degrees) of the Gaussian prior around each particle's input angles.")] = None,
     sigma_offset: SigmaOffset = 10.0,
+    fix_sigma_offset: FixSigmaOffset = False,
+    input_offset_prior: Annotated[bool, typer.Option(
+        "--input_offset_prior", help="Centre each particle's translation prior on its input offsets (they become "
+        "rlnOriginX/YPriorAngst): trust a consensus refinement's centring; with a small --offset and --fix_sigma_offset.")] = False,
     skip_align: Annotated[bool, typer.Option("--skip_align", help="No alignment: classify with the input angles and offsets.")] = False,
     allow_coarser_sampling: Annotated[bool, typer.Option(
         "--allow_coarser_sampling", help="Each iteration, angular and offset steps as coarse as 80 % of the expected "
@@ -510,7 +517,8 @@ def class3d(
         star=star, reference=reference, output=output, n_classes=n_classes, particle_diameter_angstrom=particle_diameter,
         symmetry=sym, ini_high_angstrom=ini_high, iterations=iterations, healpix_order=healpix_order,
         oversampling=oversampling, offset_range_px=offset_range, offset_step_px=offset_step, tau2_fudge=tau2_fudge,
-        sigma_offset_angstrom=sigma_offset, sigma_ang_deg=sigma_ang, skip_align=skip_align, allow_coarser_sampling=allow_coarser_sampling, maxsig=maxsig,
+        sigma_offset_angstrom=sigma_offset, fix_sigma_offset=fix_sigma_offset,
+        input_offset_prior=input_offset_prior, sigma_ang_deg=sigma_ang, skip_align=skip_align, allow_coarser_sampling=allow_coarser_sampling, maxsig=maxsig,
         gridding_iterations=gridding_iter if dont_skip_gridding else 0, ctf=not no_ctf, batch_size=batch_size,
         device=device, threads=threads, seed=seed, continue_from=continue_from,
     )

@@ -83,6 +83,8 @@ class Class3DConfig:
     offset_step_px: float = 2.0
     tau2_fudge: float = 4.0
     sigma_offset_angstrom: float = 10.0
+    fix_sigma_offset: bool = False
+    input_offset_prior: bool = False
     sigma_ang_deg: float | None = None
     skip_align: bool = False
     allow_coarser_sampling: bool = False
@@ -153,8 +155,13 @@ def class3d(cfg: Class3DConfig, progress=None) -> Path:
 
 def start(cfg: Class3DConfig) -> Run:
     """All K classes start from the ini_high-filtered reference (ALGORITHM §7.1); or, with a STAR
-    file as reference, class k from its k-th rlnReferenceImage, and no seed generation (RELION)."""
+    file as reference, class k from its k-th rlnReferenceImage, and no seed generation (RELION).
+    `input_offset_prior`: the translation prior is centred on each particle's input offsets (they
+    become its rlnOriginX/YPriorAngst)."""
     dataset = ParticleDataSet.from_star(cfg.star)
+    if cfg.input_offset_prior:
+        for axis in "XY":
+            dataset.table.particles[f"rlnOrigin{axis}PriorAngst"] = dataset.column(f"rlnOrigin{axis}Angst", 0.0)
     box, pixel = dataset.box, dataset.pixel_size
     ini_shell = shell_of_resolution(cfg.ini_high_angstrom, box, pixel)
     references = [lowpass_ini_high(torch.from_numpy(ref).double(), cfg.ini_high_angstrom, pixel)
@@ -240,6 +247,7 @@ def iterate(run: Run, progress=None) -> None:
             progress(done, n)
 
     common = dict(prior_angles_deg=run.results.angles.copy(), prior_offsets_px=run.results.offsets_px.copy(),
+                  offset_priors_px=run.offset_priors,
                   symmetry=run.symmetry, mask_radius_px=run.mask_radius_px, batch_size=cfg.batch_size,
                   use_ctf=cfg.ctf, progress=tick, fixed_poses=cfg.skip_align, device=cfg.device)
     if st.iteration == 1 and k_classes > 1 and run.generate_seeds:
@@ -262,7 +270,8 @@ def _maximise(run: Run, sums: Sums, tau2: torch.Tensor) -> Model:
     """M-step with τ²_k from the references' power (T = --tau2_fudge); a class without particles
     gets a zero reference (RELION)."""
     new = maximise(run.model, sums, ReferencePowerTau2(tau2, run.cfg.tau2_fudge), symmetry=run.symmetry,
-                   mask_radius_px=run.mask_radius_px, gridding_iterations=run.cfg.gridding_iterations)
+                   mask_radius_px=run.mask_radius_px, gridding_iterations=run.cfg.gridding_iterations,
+                   fix_sigma_offset=run.cfg.fix_sigma_offset)
     for k in np.flatnonzero(new.class_prior <= 0):
         new.references[k] = torch.zeros_like(new.references[k])
     return new

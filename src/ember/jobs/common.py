@@ -10,10 +10,12 @@ from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ember.errors import EmberInputError
 from ember.io.atomic import atomic_path
+from ember.io.particles import ParticleDataSet
 from ember.report.html import Report
 
 Progress = Callable[[int, int], None]
@@ -80,6 +82,19 @@ class ParticleRun:
     def mask_radius_px(self) -> float:
         """Radius of the particle mask in pixels."""
         return self.cfg.particle_diameter_angstrom / (2 * self.pixel)
+
+    @property
+    def offset_priors(self) -> np.ndarray | None:
+        """(n, 2) centres of the offset prior (rlnOriginX/YPriorAngst where set, else 0), in pixels
+        of the reference."""
+        given = self.dataset.prior_offsets_px()
+        return None if given is None else in_reference_px(self.dataset, np.nan_to_num(given, nan=0.0))
+
+
+def in_reference_px(dataset: ParticleDataSet, offsets_px: np.ndarray) -> np.ndarray:
+    """(n, 2) offsets in each particle's optics-group pixels → pixels of the reference (the first
+    optics group's pixel size)."""
+    return offsets_px * dataset.pixel_sizes()[:, None] / dataset.pixel_size
 
 
 def _plain(v: object) -> object:

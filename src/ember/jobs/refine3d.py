@@ -49,7 +49,7 @@ from ember.inference.schedule import (
 )
 from ember.io.mrc import read_map
 from ember.io.particles import ParticleDataSet, check_map_matches
-from ember.jobs.common import ParticleRun, config_dict, job_report, select_device, write_job_json
+from ember.jobs.common import ParticleRun, config_dict, in_reference_px, job_report, select_device, write_job_json
 from ember.jobs.refine_io import (
     add_iteration_numbers,
     add_model_figures,
@@ -90,6 +90,7 @@ class Refine3DConfig:
     low_resol_join_halves_angstrom: float = 40.0
     tau2_fudge: float = 1.0
     sigma_offset_angstrom: float = 10.0
+    fix_sigma_offset: bool = False
     perturb: float = 0.5
     adaptive_fraction: float = 0.999
     max_iterations: int = 50
@@ -143,13 +144,6 @@ class Run(ParticleRun):
         given = self.dataset.prior_angles_deg()
         current = self.results.angles
         return current.copy() if given is None else np.where(np.isnan(given), current, given)
-
-    @property
-    def offset_priors(self) -> np.ndarray | None:
-        """(n, 2) centres of the offset prior (rlnOriginX/YPriorAngst where set, else 0), in pixels
-        of the reference."""
-        given = self.dataset.prior_offsets_px()
-        return None if given is None else in_reference_px(self.dataset, np.nan_to_num(given, nan=0.0))
 
 
 def refine3d(cfg: Refine3DConfig, progress=None) -> Path:
@@ -214,12 +208,6 @@ def start(cfg: Refine3DConfig) -> Run:
                             sigma_ang_deg=cfg.sigma_ang_deg)
     return Run(cfg, dataset, subsets, models, state, results, symmetry, directions,
                norms=dataset.column("rlnNormCorrection", 1.0).copy())
-
-
-def in_reference_px(dataset: ParticleDataSet, offsets_px: np.ndarray) -> np.ndarray:
-    """(n, 2) offsets in each particle's optics-group pixels → pixels of the reference (the first
-    optics group's pixel size)."""
-    return offsets_px * dataset.pixel_sizes()[:, None] / dataset.pixel_size
 
 
 def split_halves(dataset: ParticleDataSet, seed: int) -> np.ndarray:
@@ -304,7 +292,8 @@ def iterate(run: Run, progress=None) -> None:
     tau2 = GoldStandardTau2(half_fsc, cfg.tau2_fudge)
     common = dict(symmetry=run.symmetry, mask_radius_px=run.mask_radius_px, fsc=half_fsc,
                   update_noise=weighting.updates_noise, update_scale=cfg.scale and not cfg.maxcc,
-                  group_boxes=[b for b, _ in run.group_sizes], gridding_iterations=cfg.gridding_iterations)
+                  group_boxes=[b for b, _ in run.group_sizes], gridding_iterations=cfg.gridding_iterations,
+                  fix_sigma_offset=cfg.fix_sigma_offset)
     if cfg.no_halves:
         m = maximise(run.models[0], _joined(sums, box, st.current_size // 2), tau2, **common)
         run.models = [m, m]
