@@ -180,15 +180,19 @@ def write_figures(folder: Path, figures: dict) -> None:
 
 def ember_class3d(w: Path, star: Path, n_classes: int, iterations: int, fractions: tuple[float, ...],
                   healpix_order: int, ctf: bool = True, seed: int = 1, gridding_iterations: int = 0,
-                  suffix: str = "") -> dict:
-    """Ember's class3d with 2 threads; `gridding_iterations` > 0: RELION 3.1's iterative gridding."""
-    tag = ("" if seed == 1 else f"_s{seed}") + (f"_grid{gridding_iterations}" if gridding_iterations else "") + suffix
+                  suffix: str = "", input_prior_angstrom: float = 0.0) -> dict:
+    """Ember's class3d with 2 threads; `gridding_iterations` > 0: RELION 3.1's iterative gridding;
+    `input_prior_angstrom` > 0: --input_offset_prior --offset σ --fix_sigma_offset."""
+    tag = (("" if seed == 1 else f"_s{seed}") + (f"_grid{gridding_iterations}" if gridding_iterations else "")
+           + (f"_inprior{input_prior_angstrom:g}" if input_prior_angstrom else "") + suffix)
+    prior = dict(input_offset_prior=True, sigma_offset_angstrom=input_prior_angstrom,
+                 fix_sigma_offset=True) if input_prior_angstrom else {}
     out = w / f"ember_K{n_classes}{tag}"
     shutil.rmtree(out, ignore_errors=True)
     cfg = Class3DConfig(star=star, reference=w / "consensus.mrc", output=out, n_classes=n_classes,
                         particle_diameter_angstrom=DIAMETER, ini_high_angstrom=40.0, iterations=iterations,
                         healpix_order=healpix_order, ctf=ctf, threads=2, seed=seed,
-                        gridding_iterations=gridding_iterations)
+                        gridding_iterations=gridding_iterations, **prior)
     epoch, t0 = time.time(), time.perf_counter()
     class3d(cfg)
     wall = time.perf_counter() - t0
@@ -280,6 +284,9 @@ def main() -> None:
     ap.add_argument("--offset_error", type=float, default=0.0,
                     help="Gaussian error (pixels per axis) added to the STAR's true offsets before both programs "
                          "run, as a consensus refinement would leave them (0: the true offsets)")
+    ap.add_argument("--ember_input_prior", type=float, default=0.0, metavar="SIGMA",
+                    help="Ember with --input_offset_prior --offset SIGMA --fix_sigma_offset: the translation prior "
+                         "on the STAR's offsets, σ in Å (0: class3d's default prior)")
     args = ap.parse_args()
     suffix = f"_offerr{args.offset_error:g}" if args.offset_error else ""
     err = f", offsets ± {args.offset_error:g} px" if args.offset_error else ""
@@ -308,8 +315,10 @@ def main() -> None:
                     continue
                 done.add((w, k, iterations))
                 f = ember_class3d(w, star, k, iterations, fractions, args.healpix_order, not args.no_ctf,
-                                  args.seed, args.gridding_iter, suffix)
+                                  args.seed, args.gridding_iter, suffix, args.ember_input_prior)
                 grid = f", gridding {args.gridding_iter}" if args.gridding_iter else ""
+                if args.ember_input_prior:
+                    grid += f", prior on the input offsets σ {args.ember_input_prior:g} Å fixed"
                 rows += rows_of(f, f"{head}, Ember K={k} (seed {args.seed}{grid}{err})", truth_res)
                 print(table(rows[-9:]), flush=True)
             if with_relion:
