@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import mrcfile
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from ember.cli.main import app
-from ember.io.mrc import read_map, write_map
+from ember.io.mrc import read_map, read_stack, write_map
 from ember.io.star import read_particles_star
 from ember.jobs.class3d import Class3DConfig, class3d, seed_classes
 from ember.jobs.simulate import SimulateConfig, simulate
@@ -228,3 +229,28 @@ def test_input_offset_prior_and_fixed_sigma_hold_the_input_offsets(mixture, tmp_
         sigma[len(flags)] = float(starfile.read(out / "run_it001_model.star")["model_general"]["rlnSigmaOffsetsAngst"])
     assert np.abs(found[2] - given).max() <= 0.5 + 1e-6 < np.abs(found[0] - given).max()
     assert sigma[2] == pytest.approx(0.1) and sigma[0] > 0.2
+
+
+def test_norm_correction_follows_the_image_scale(mixture, tmp_path):
+    """`--norm` (RELION's per-particle norm correction): half of 300 particles with their images
+    (signal and noise) scaled by 1.6 end with norm corrections 1.6 times the others' after one
+    iterations, and the model's rlnNormCorrectionAverage is their mean; without --norm every
+    particle keeps the input's 1."""
+    star, ref, _ = mixture
+    table = starfile.read(star, always_dict=True)
+    table["particles"] = table["particles"].iloc[:300]
+    stack = read_stack(star.parent / "particles.mrcs")[0][:300].copy()
+    stack[:150] *= 1.6
+    with mrcfile.new(tmp_path / "particles.mrcs") as mrc:
+        mrc.set_data(stack.astype(np.float32))
+        mrc.voxel_size = 7.0
+    starfile.write(table, tmp_path / "scaled.star")
+    norms = {}
+    for norm in (True, False):
+        out = tmp_path / str(norm)
+        class3d(_config(tmp_path / "scaled.star", ref, out, n_classes=1, iterations=1, healpix_order=1, norm=norm))
+        norms[norm] = read_particles_star(out / "run_it001_data.star").particles["rlnNormCorrection"].to_numpy()
+        average = float(starfile.read(out / "run_it001_model.star")["model_general"]["rlnNormCorrectionAverage"])
+        assert average == pytest.approx(norms[norm].mean(), rel=1e-4)
+    assert norms[True][:150].mean() / norms[True][150:].mean() == pytest.approx(1.6, rel=0.05)
+    assert np.all(norms[False] == 1.0)

@@ -495,6 +495,7 @@ def class3d(
     maxsig: Annotated[Optional[int], typer.Option("--maxsig", help="At most this many significant coarse samples per image.")] = None,
     dont_skip_gridding: DontSkipGridding = False,
     gridding_iter: GriddingIter = 10,
+    norm: Annotated[bool, typer.Option("--norm", help="Per-particle norm correction (RELION --norm): images scaled by ⟨norm⟩/norm_j, norm_j = residual standard deviation.")] = False,
     no_ctf: Annotated[bool, typer.Option("--no-ctf", help="Ignore the CTF columns.")] = False,
     continue_from: Annotated[Optional[Path], typer.Option("--continue", help="Resume from a run_itNNN_state.json.")] = None,
     batch_size: Annotated[int, typer.Option(help="Particles per E-step batch (memory).")] = 64,
@@ -519,7 +520,7 @@ def class3d(
         oversampling=oversampling, offset_range_px=offset_range, offset_step_px=offset_step, tau2_fudge=tau2_fudge,
         sigma_offset_angstrom=sigma_offset, fix_sigma_offset=fix_sigma_offset,
         input_offset_prior=input_offset_prior, sigma_ang_deg=sigma_ang, skip_align=skip_align, allow_coarser_sampling=allow_coarser_sampling, maxsig=maxsig,
-        gridding_iterations=gridding_iter if dont_skip_gridding else 0, ctf=not no_ctf, batch_size=batch_size,
+        norm=norm, gridding_iterations=gridding_iter if dont_skip_gridding else 0, ctf=not no_ctf, batch_size=batch_size,
         device=device, threads=threads, seed=seed, continue_from=continue_from,
     )
     with progress_bar("class3d", quiet) as bar:

@@ -26,7 +26,14 @@ from ember.inference.engine import run_expectation, run_expectation_assigned
 from ember.inference.estep import EStepSettings
 from ember.inference.images import FrequencyWindow
 from ember.inference.model import Model, ParticleResults, SamplingState, Sums
-from ember.inference.mstep import ReferencePowerTau2, first_per_group, initial_sigma2, maximise, reference_tau2
+from ember.inference.mstep import (
+    ReferencePowerTau2,
+    first_per_group,
+    initial_sigma2,
+    maximise,
+    norm_corrections,
+    reference_tau2,
+)
 from ember.inference.sampling import (
     angular_step_deg,
     asymmetric_unit,
@@ -92,6 +99,7 @@ class Class3DConfig:
     adaptive_fraction: float = 0.999
     maxsig: int | None = None
     gridding_iterations: int = 0
+    norm: bool = False
     ctf: bool = True
     batch_size: int = 64
     device: str = "cpu"
@@ -120,7 +128,8 @@ class Class3DConfig:
 
 @dataclass
 class Run(ParticleRun):
-    """What the loop carries between iterations; `history` (iterations, K) holds π_k per iteration."""
+    """What the loop carries between iterations; `history` (iterations, K) holds π_k per iteration;
+    `norms` (n,) the per-particle norm corrections (rlnNormCorrection)."""
 
     cfg: Class3DConfig
     dataset: ParticleDataSet
@@ -132,6 +141,7 @@ class Run(ParticleRun):
     ave_pmax: float = 0.0
     history: list[list[float]] = field(default_factory=list)
     generate_seeds: bool = True
+    norms: np.ndarray | None = None
 
 
 def class3d(cfg: Class3DConfig, progress=None) -> Path:
@@ -183,7 +193,8 @@ def start(cfg: Class3DConfig) -> Run:
                             resolution_shell=ini_shell, best_resolution_shell=ini_shell,
                             sigma_ang_deg=cfg.sigma_ang_deg)
     return Run(cfg, dataset, model, state, results, symmetry, directions,
-               generate_seeds=Path(cfg.reference).suffix != ".star")
+               generate_seeds=Path(cfg.reference).suffix != ".star",
+               norms=dataset.column("rlnNormCorrection", 1.0).copy())
 
 
 def starting_maps(cfg: Class3DConfig, dataset: ParticleDataSet) -> list[np.ndarray]:
@@ -229,7 +240,7 @@ def iterate(run: Run, progress=None) -> None:
         trans = trans + model.rho * st.offset_step_px
         oversampling = st.oversampling
     settings = EStepSettings(coarse_win, fine_win, trans, st.offset_step_px, oversampling, pixel,
-                             cfg.adaptive_fraction, maxsig=cfg.maxsig)
+                             cfg.adaptive_fraction, maxsig=cfg.maxsig, norm_residuals=cfg.norm)
     sampling = SamplingState(st.healpix_order, st.oversampling, st.offset_range_px, st.offset_step_px,
                              run.directions, st.sigma_ang_deg)
     n, k_classes = len(run.dataset), model.n_classes
@@ -247,7 +258,7 @@ def iterate(run: Run, progress=None) -> None:
             progress(done, n)
 
     common = dict(prior_angles_deg=run.results.angles.copy(), prior_offsets_px=run.results.offsets_px.copy(),
-                  offset_priors_px=run.offset_priors,
+                  offset_priors_px=run.offset_priors, image_scales=model.avg_norm / run.norms if cfg.norm else None,
                   symmetry=run.symmetry, mask_radius_px=run.mask_radius_px, batch_size=cfg.batch_size,
                   use_ctf=cfg.ctf, progress=tick, fixed_poses=cfg.skip_align, device=cfg.device)
     if st.iteration == 1 and k_classes > 1 and run.generate_seeds:
@@ -257,7 +268,11 @@ def iterate(run: Run, progress=None) -> None:
     else:
         run_expectation(run.dataset, np.arange(n), model, sampling, settings, sums, run.results, **common)
     run.ave_pmax = float(run.results.pmax.mean())
+    if cfg.norm:
+        run.norms = norm_corrections(run.norms, run.results.residual_power, model.avg_norm)
     run.model = _maximise(run, sums, tau2)
+    if cfg.norm:
+        run.model.avg_norm = float(run.norms.mean())
     st.resolution_shell = resolution_from_ssnr(run.model.ssnr, run.model.class_prior)
     st.best_resolution_shell = max(st.best_resolution_shell, st.resolution_shell)
     if not cfg.skip_align:
@@ -315,7 +330,7 @@ def write_outputs(run: Run, prefix: str) -> None:
     groups = run.dataset.group_numbers()
     names = [f"class{k + 1:03d}" for k in range(model.n_classes)]
     data = data_table(run.dataset.table, run.results, None, pixel, run.dataset.image_names_relative_to(out),
-                      groups, run.dataset.column("rlnNormCorrection", 1.0))
+                      groups, run.norms)
     blocks = model_blocks(model, st, box=box, pixel=pixel, map_names=[f"{prefix}_{n}.mrc" for n in names],
                           ave_pmax=run.ave_pmax, loglik=float(run.results.loglik.sum()), acc_rot=st.acc_rot_deg,
                           acc_trans_angstrom=st.acc_trans_px * pixel, tau2_fudge=run.cfg.tau2_fudge,
@@ -362,4 +377,4 @@ def resume(cfg: Class3DConfig) -> Run:
     results.pmax[:] = dataset.column("rlnMaxValueProbDistribution", 0.0)
     symmetry = symmetry_operators(cfg.symmetry)
     return Run(cfg, dataset, model, state, results, symmetry, asymmetric_unit(state.healpix_order, symmetry),
-               saved["ave_pmax"], saved["history"])
+               saved["ave_pmax"], saved["history"], norms=dataset.column("rlnNormCorrection", 1.0).copy())
