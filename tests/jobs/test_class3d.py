@@ -84,15 +84,17 @@ def test_first_iteration_aligns_each_particle_against_its_random_seed_class(mixt
 
 
 def test_continue_gives_the_uninterrupted_result(mixture, tmp_path):
-    """3 iterations, then --continue from iteration 2 for the third: the same classes and maps."""
+    """3 iterations, then --continue from iteration 2 for the third: the same classes, norm
+    corrections (--norm) and maps."""
     star, ref, _ = mixture
-    class3d(_config(star, ref, tmp_path / "a", skip_align=True, iterations=3))
-    class3d(_config(star, ref, tmp_path / "b", skip_align=True, iterations=2))
-    class3d(_config(star, ref, tmp_path / "b", skip_align=True, iterations=3,
+    class3d(_config(star, ref, tmp_path / "a", skip_align=True, iterations=3, norm=True))
+    class3d(_config(star, ref, tmp_path / "b", skip_align=True, iterations=2, norm=True))
+    class3d(_config(star, ref, tmp_path / "b", skip_align=True, iterations=3, norm=True,
                     continue_from=tmp_path / "b" / "run_it002_state.json"))
-    classes = [read_particles_star(tmp_path / r / "run_it003_data.star").particles["rlnClassNumber"].to_numpy()
-               for r in ("a", "b")]
-    assert np.mean(classes[0] == classes[1]) > 0.99
+    data = [read_particles_star(tmp_path / r / "run_it003_data.star").particles for r in ("a", "b")]
+    assert np.mean(data[0]["rlnClassNumber"] == data[1]["rlnClassNumber"]) > 0.99
+    np.testing.assert_allclose(data[0]["rlnNormCorrection"], data[1]["rlnNormCorrection"], rtol=1e-4)
+    assert data[0]["rlnNormCorrection"].std() > 0
     for k in (1, 2):
         a, b = (read_map(tmp_path / r / f"run_it003_class00{k}.mrc")[0] for r in ("a", "b"))
         assert np.linalg.norm(a - b) / np.linalg.norm(a) < 1e-3
