@@ -165,7 +165,7 @@ def read_reference_list(path: str | Path) -> list[Path]:
     maps = []
     for name in named[0]["rlnReferenceImage"].astype(str):
         found = Path(name)
-        if not found.is_absolute() and not found.exists() and (path.parent / found).exists():
+        if not found.exists() and (path.parent / found).exists():
             found = path.parent / found
         maps.append(found)
     if not maps:

@@ -107,10 +107,15 @@ class Class3DConfig:
     seed: int = 0
     continue_from: Path | None = None
 
+    @property
+    def star_reference(self) -> bool:
+        """--ref is a STAR file listing one map per class (RELION's `--ref refs.star`)."""
+        return Path(self.reference).suffix == ".star"
+
     def __post_init__(self) -> None:
         if self.gridding_iterations < 0:
             raise EmberInputError(None, "--gridding_iter must be ≥ 0", "")
-        if self.n_classes is None and Path(self.reference).suffix != ".star":
+        if self.n_classes is None and not self.star_reference:
             raise EmberInputError(None, "--K is needed with a single reference map", "add --K (number of classes)")
         if self.n_classes is not None and self.n_classes < 1:
             raise EmberInputError(None, f"--K must be ≥ 1 (got {self.n_classes})", "")
@@ -193,13 +198,13 @@ def start(cfg: Class3DConfig) -> Run:
                             resolution_shell=ini_shell, best_resolution_shell=ini_shell,
                             sigma_ang_deg=cfg.sigma_ang_deg)
     return Run(cfg, dataset, model, state, results, symmetry, directions,
-               generate_seeds=Path(cfg.reference).suffix != ".star",
+               generate_seeds=not cfg.star_reference,
                norms=dataset.column("rlnNormCorrection", 1.0).copy())
 
 
 def starting_maps(cfg: Class3DConfig, dataset: ParticleDataSet) -> list[np.ndarray]:
     """K copies of the --ref map, or the maps a --ref STAR file lists (K from the file)."""
-    if Path(cfg.reference).suffix != ".star":
+    if not cfg.star_reference:
         ref, ref_pixel = read_map(cfg.reference)
         check_map_matches(cfg.reference, ref.shape[0], ref_pixel, dataset)
         return [ref] * cfg.n_classes
