@@ -105,6 +105,10 @@ SigmaOffset = Annotated[float, typer.Option(
     "or else the box centre (RELION's --offset); re-estimated every iteration unless --fix_sigma_offset.")]
 FixSigmaOffset = Annotated[bool, typer.Option(
     "--fix_sigma_offset", help="Keep the translation prior's σ at --offset instead of re-estimating it (RELION's flag).")]
+Norm = Annotated[bool, typer.Option("--norm", help=(
+    "Per-particle norm correction (RELION --norm): images scaled by ⟨norm⟩/norm_j, norm_j = residual standard deviation."))]
+Scale = Annotated[bool, typer.Option("--scale", help=(
+    "Per-group intensity scale correction (RELION --scale) over rlnGroupNumber groups (needs ≥ 2 groups)."))]
 
 
 @app.command()
@@ -303,8 +307,8 @@ def refine3d(
     gridding_iter: GriddingIter = 10,
     iterations: Annotated[int, typer.Option("--iter", help="Maximum number of iterations before the final one.")] = 50,
     sigma_ang: Annotated[Optional[float], typer.Option("--sigma_ang", help="Local searches from the first iteration: σ (degrees) of the Gaussian prior around each particle's prior angles (rlnAngleRot/Tilt/PsiPrior where set, else its current angles); ±3σ are searched.")] = None,
-    norm: Annotated[bool, typer.Option("--norm", help="Per-particle norm correction (RELION --norm): images scaled by ⟨norm⟩/norm_j, norm_j = residual standard deviation.")] = False,
-    scale: Annotated[bool, typer.Option("--scale", help="Per-group intensity scale correction (RELION --scale) over rlnGroupNumber groups (needs ≥ 2 groups).")] = False,
+    norm: Norm = False,
+    scale: Scale = False,
     maxcc: Annotated[bool, typer.Option("--maxcc", help="Conventional baseline: best cross-correlation match, one orientation per image.")] = False,
     no_halves: Annotated[bool, typer.Option("--no_halves", help="Refine one model from all data (no gold standard).")] = False,
     no_ctf: Annotated[bool, typer.Option("--no-ctf", help="Ignore the CTF columns.")] = False,
@@ -495,7 +499,8 @@ def class3d(
     maxsig: Annotated[Optional[int], typer.Option("--maxsig", help="At most this many significant coarse samples per image.")] = None,
     dont_skip_gridding: DontSkipGridding = False,
     gridding_iter: GriddingIter = 10,
-    norm: Annotated[bool, typer.Option("--norm", help="Per-particle norm correction (RELION --norm): images scaled by ⟨norm⟩/norm_j, norm_j = residual standard deviation.")] = False,
+    norm: Norm = False,
+    scale: Scale = False,
     no_ctf: Annotated[bool, typer.Option("--no-ctf", help="Ignore the CTF columns.")] = False,
     continue_from: Annotated[Optional[Path], typer.Option("--continue", help="Resume from a run_itNNN_state.json.")] = None,
     batch_size: Annotated[int, typer.Option(help="Particles per E-step batch (memory).")] = 64,
@@ -520,7 +525,8 @@ def class3d(
         oversampling=oversampling, offset_range_px=offset_range, offset_step_px=offset_step, tau2_fudge=tau2_fudge,
         sigma_offset_angstrom=sigma_offset, fix_sigma_offset=fix_sigma_offset,
         input_offset_prior=input_offset_prior, sigma_ang_deg=sigma_ang, skip_align=skip_align, allow_coarser_sampling=allow_coarser_sampling, maxsig=maxsig,
-        norm=norm, gridding_iterations=gridding_iter if dont_skip_gridding else 0, ctf=not no_ctf, batch_size=batch_size,
+        norm=norm, scale=scale, gridding_iterations=gridding_iter if dont_skip_gridding else 0, ctf=not no_ctf,
+        batch_size=batch_size,
         device=device, threads=threads, seed=seed, continue_from=continue_from,
     )
     with progress_bar("class3d", quiet) as bar:

@@ -82,6 +82,25 @@ def reference_tau2(projector: Projector) -> torch.Tensor:
     return total / count.clamp(min=1)
 
 
+def initial_data_vs_prior(tau2: torch.Tensor, sigma2_noise: torch.Tensor, group_counts: np.ndarray,
+                          class_prior: np.ndarray, tau2_fudge: float) -> torch.Tensor:
+    """The data_vs_prior (SSNR) of the starting references (K, S), S = sigma2_noise's shells: the
+    evidence n·π_k/⟨σ²⟩ (σ² (G, S) averaged with the particle counts (G,) of each optics group;
+    divided by 2i in 3D shell i > 0) times the prior T·τ²_k (τ² (K, S') from `reference_tau2`) —
+    RELION `MlModel::initialiseDataVersusPrior`, which picks the shells of iteration 1's intensity
+    scale correction (data_vs_prior > 3)."""
+    counts = torch.as_tensor(np.asarray(group_counts, dtype=np.float64))
+    avg_sigma2 = (counts[:, None] * sigma2_noise).sum(dim=0) / counts.sum()
+    evidence = counts.sum() * torch.as_tensor(np.asarray(class_prior, dtype=np.float64))[:, None] \
+        / avg_sigma2.clamp(min=1e-300)
+    shell = torch.arange(sigma2_noise.shape[-1], dtype=torch.float64)
+    evidence = evidence / torch.where(shell > 0, 2 * shell, torch.ones_like(shell))
+    n = min(tau2.shape[-1], evidence.shape[-1])
+    ssnr = torch.zeros_like(evidence)
+    ssnr[:, :n] = evidence[:, :n] * tau2_fudge * tau2[:, :n]
+    return ssnr
+
+
 def update_sigma2(sums: Sums, previous: torch.Tensor, group_boxes: list[int] | None = None) -> torch.Tensor:
     """σ²_g(i) = Σγ|residual|²_i / (2·Σγ·Npix_g(i)) per optics group (G, S), Npix_g on each group's
     own image grid (`group_boxes`, default N = 2S − 2 for all); tiny values take the previous

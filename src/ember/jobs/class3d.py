@@ -29,6 +29,7 @@ from ember.inference.model import Model, ParticleResults, SamplingState, Sums
 from ember.inference.mstep import (
     ReferencePowerTau2,
     first_per_group,
+    initial_data_vs_prior,
     initial_sigma2,
     maximise,
     norm_corrections,
@@ -100,6 +101,7 @@ class Class3DConfig:
     maxsig: int | None = None
     gridding_iterations: int = 0
     norm: bool = False
+    scale: bool = False
     ctf: bool = True
     batch_size: int = 64
     device: str = "cpu"
@@ -186,6 +188,9 @@ def start(cfg: Class3DConfig) -> Run:
     sigma2 = initial_sigma2(dataset, first_per_group(dataset), cfg.particle_diameter_angstrom / (2 * pixel))
     pdf = uniform_direction_pdf(cfg.healpix_order, directions)
     model = Model.initial(references, sigma2, cfg.sigma_offset_angstrom, pdf, int(dataset.group_numbers().max()))
+    tau2 = torch.stack([reference_tau2(Projector.from_volume(r)) for r in references])
+    model.ssnr = initial_data_vs_prior(tau2, sigma2, np.bincount(dataset.optics_group_index(),
+                                       minlength=dataset.n_optics_groups), model.class_prior, cfg.tau2_fudge)
     results = ParticleResults.empty(len(dataset), len(references))
     if all(c in dataset.table.particles for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")):
         results.angles[:] = dataset.angles_deg()
@@ -245,7 +250,8 @@ def iterate(run: Run, progress=None) -> None:
         trans = trans + model.rho * st.offset_step_px
         oversampling = st.oversampling
     settings = EStepSettings(coarse_win, fine_win, trans, st.offset_step_px, oversampling, pixel,
-                             cfg.adaptive_fraction, maxsig=cfg.maxsig, norm_residuals=cfg.norm)
+                             cfg.adaptive_fraction, maxsig=cfg.maxsig, norm_residuals=cfg.norm,
+                             scale_sums=cfg.scale and len(model.scale) > 1)
     sampling = SamplingState(st.healpix_order, st.oversampling, st.offset_range_px, st.offset_step_px,
                              run.directions, st.sigma_ang_deg)
     n, k_classes = len(run.dataset), model.n_classes
@@ -287,11 +293,11 @@ def iterate(run: Run, progress=None) -> None:
 
 
 def _maximise(run: Run, sums: Sums, tau2: torch.Tensor) -> Model:
-    """M-step with τ²_k from the references' power (T = --tau2_fudge); a class without particles
-    gets a zero reference (RELION)."""
+    """M-step with τ²_k from the references' power (T = --tau2_fudge) and, with --scale, each
+    rlnGroupNumber's intensity scale; a class without particles gets a zero reference (RELION)."""
     new = maximise(run.model, sums, ReferencePowerTau2(tau2, run.cfg.tau2_fudge), symmetry=run.symmetry,
                    mask_radius_px=run.mask_radius_px, gridding_iterations=run.cfg.gridding_iterations,
-                   fix_sigma_offset=run.cfg.fix_sigma_offset)
+                   fix_sigma_offset=run.cfg.fix_sigma_offset, update_scale=run.cfg.scale)
     for k in np.flatnonzero(new.class_prior <= 0):
         new.references[k] = torch.zeros_like(new.references[k])
     return new

@@ -26,9 +26,11 @@ from ember.inference.model import Model, ParticleResults, SamplingState, Sums
 from ember.inference.mstep import (
     GoldStandardTau2,
     first_per_group,
+    initial_data_vs_prior,
     initial_sigma2,
     maximise,
     norm_corrections,
+    reference_tau2,
     unregularised_fsc,
 )
 from ember.inference.sampling import (
@@ -198,6 +200,11 @@ def start(cfg: Refine3DConfig) -> Run:
     pdf = uniform_direction_pdf(cfg.healpix_order, directions)
     n_scale = int(dataset.group_numbers().max())
     models = [Model.initial([reference], sigma2, cfg.sigma_offset_angstrom, pdf, n_scale) for _ in range(2)]
+    ssnr = initial_data_vs_prior(reference_tau2(Projector.from_volume(reference))[None], sigma2,
+                                 np.bincount(dataset.optics_group_index(), minlength=dataset.n_optics_groups),
+                                 models[0].class_prior, cfg.tau2_fudge)
+    for model in models:
+        model.ssnr = ssnr.clone()
     results = ParticleResults.empty(n)
     if all(c in dataset.table.particles for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")):
         results.angles[:] = dataset.angles_deg()
