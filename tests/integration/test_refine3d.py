@@ -5,12 +5,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import mrcfile
 import numpy as np
 import pytest
 import starfile
 import torch
 
-from ember.io.mrc import read_map
+from ember.io.mrc import read_map, read_stack
 from ember.io.star import read_particles_star
 from ember.jobs.refine3d import Refine3DConfig, refine3d
 from ember.jobs.simulate import SimulateConfig, simulate
@@ -192,3 +193,33 @@ def test_fix_sigma_offset_keeps_the_prior_width(tmp_path):
         general = starfile.read(out / "run_it001_half1_model.star", always_dict=True)["model_general"]
         sigma[fixed] = float(general["rlnSigmaOffsetsAngst"])
     assert sigma[True] == pytest.approx(3.0) and abs(sigma[False] - 3.0) > 0.1
+
+
+def test_scale_correction_from_the_first_iteration(tmp_path):
+    """`--scale`: the signal of rlnGroupNumber 2 is 1.5 times group 1's (same unit noise, SNR 1 in
+    group 1); after the first iteration each half's group scales are in that ratio (their shells
+    picked by the starting reference's data_vs_prior, as RELION) and average 1; without --scale 1."""
+    n = 200
+    clean = simulate(SimulateConfig(output=tmp_path / "sim", n_particles=n, model_path=MODEL, box=32,
+                                    pixel_size=2.5, seed=2))
+    table = starfile.read(clean, always_dict=True)
+    table["particles"]["rlnGroupNumber"] = np.where(np.arange(n) % 2 == 0, 2, 1)
+    images = read_stack(clean.parent / "particles.mrcs")[0]  # signal variance 1
+    images[::2] *= 1.5
+    images += np.random.default_rng(2).normal(size=images.shape)
+    with mrcfile.new(tmp_path / "sim" / "particles.mrcs", overwrite=True) as mrc:
+        mrc.set_data(images.astype(np.float32))
+        mrc.voxel_size = 2.5
+    starfile.write(table, tmp_path / "sim" / "groups.star")
+    scales = {}
+    for scale in (True, False):
+        out = tmp_path / str(scale)
+        refine3d(config(tmp_path / "sim" / "groups.star", out, max_iterations=1, scale=scale))
+        data = read_particles_star(out / "run_it001_data.star").particles
+        scales[scale] = [(starfile.read(out / f"run_it001_half{h}_model.star")["model_groups"]
+                          .set_index("rlnGroupNumber")["rlnGroupScaleCorrection"],
+                          data["rlnGroupNumber"][data["rlnRandomSubset"] == h].value_counts()) for h in (1, 2)]
+    for found, count in scales[True]:  # count: the half's particles per group
+        assert found[2] / found[1] == pytest.approx(1.5, rel=0.07)
+        assert (found * count).sum() / count.sum() == pytest.approx(1.0, rel=1e-3)
+    assert all((found == 1.0).all() for found, _ in scales[False])

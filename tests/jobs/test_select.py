@@ -168,3 +168,26 @@ def test_refusal_leaves_an_existing_output_untouched(star, tmp_path):
     res = run("--i", str(star), "--o", str(out), "--min_pmax", "1.5")
     assert res.exit_code == 2 and "loosen the filters (rlnMaxValueProbDistribution spans 0 to 1)" in res.output
     assert out.read_text() == "previous\n"
+
+
+def test_image_names_follow_the_output_folder(tmp_path):
+    """Stacks named relative to the input STAR's folder still load from a selection written in
+    another folder (the names are rewritten), and they are the chosen particles' images."""
+    import mrcfile
+
+    from ember.io.particles import ParticleDataSet
+
+    (tmp_path / "a").mkdir()
+    images = np.random.default_rng(1).normal(size=(6, 16, 16)).astype(np.float32)
+    with mrcfile.new(tmp_path / "a" / "particles.mrcs") as mrc:
+        mrc.set_data(images)
+        mrc.voxel_size = 2.0
+    optics = optics_table().iloc[:1].assign(rlnImageSize=16, rlnImagePixelSize=2.0)
+    particles = pd.DataFrame({"rlnImageName": [f"{i + 1:06d}@particles.mrcs" for i in range(6)],
+                              "rlnOpticsGroup": 1, "rlnClassNumber": [1, 2, 1, 2, 2, 1]})
+    starfile.write({"optics": optics, "particles": particles}, tmp_path / "a" / "run_data.star")
+    out = tmp_path / "b" / "c" / "selected.star"
+    res = run("--i", str(tmp_path / "a" / "run_data.star"), "--o", str(out), "--class", "2")
+    assert res.exit_code == 0, res.output
+    dataset = ParticleDataSet.from_star(out)
+    np.testing.assert_array_equal(dataset.images(np.arange(3)), images[[1, 3, 4]])

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from ember.errors import EmberInputError
 from ember.io.mrc import open_stack
@@ -77,6 +78,25 @@ def parse_image_name(name: str) -> tuple[int, str]:
         return 0, name
     index, path = name.split("@", 1)
     return int(index) - 1, path
+
+
+def rebase_image_names(names: pd.Series, star_dir: str | Path, out_dir: str | Path) -> pd.Series:
+    """rlnImageName values read from a STAR in `star_dir`, for a STAR written in `out_dir`: a relative
+    stack path that exists beside the input STAR (Ember's first reading) becomes relative to
+    `out_dir`; absolute paths, paths found only from the current folder (RELION's project-relative
+    names) and stacks not found are kept as they are."""
+    star_dir, out_dir = Path(star_dir).resolve(), Path(out_dir).resolve()
+    if star_dir == out_dir:
+        return names
+
+    def rebase(name: str) -> str:
+        slice_, sep, stack = name.partition("@") if "@" in name else ("", "", name)
+        if Path(stack).is_absolute() or not (star_dir / stack).exists():
+            return name
+        return f"{slice_}{sep}{os.path.relpath(star_dir / stack, out_dir)}"
+
+    unique = {name: rebase(name) for name in dict.fromkeys(names.astype(str))}
+    return names.astype(str).map(unique)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ember.errors import EmberInputError
+from ember.io.particles import rebase_image_names
 from ember.io.star import read_particles_star, write_particles_star
 
 CLASS = "rlnClassNumber"
@@ -83,6 +84,7 @@ def select_particles(
 
     classes: keep rlnClassNumber in this list; min/max_pmax: bounds (inclusive) on
     rlnMaxValueProbDistribution; min/max_loglik: bounds (inclusive) on rlnLogLikeliContribution.
+    Image names relative to the input STAR's folder are rewritten for the output's folder.
     Refuses (EmberInputError, nothing written) without a filter, when a needed column is missing,
     for a class number absent from the file and when nothing would be kept.
     """
@@ -128,5 +130,8 @@ def select_particles(
         per_class = {c: (int((keep & (class_numbers == c)).sum()), int((class_numbers == c).sum())) for c in classes}
 
     table.particles = particles[keep].reset_index(drop=True)
+    if "rlnImageName" in table.particles:
+        table.particles["rlnImageName"] = rebase_image_names(table.particles["rlnImageName"], star.parent,
+                                                             output.parent)
     write_particles_star(output, table)
     return SelectResult(output, kept, total, per_class)
