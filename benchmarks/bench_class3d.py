@@ -3,6 +3,7 @@
 Run: python -m benchmarks.bench_class3d [--n 10000] [--box 96] [--angpix 3] [--fractions both|0.5,0.5|0.8,0.2]
      [--K 2 [4]] [--iter 25] [--part ember|relion|all] [--relion_n 2000] [--relion_iter 10] [--no_ctf]
      [--seed 1] [--gridding_iter 0] [--relion_seed 1] [--relion_extra=--skip_gridding]
+     [--local 3:2:4,4:1:3] [--true_poses]
 
 Data: 5A1A (β-galactosidase) with all four chains (state 1) and without chain D (state 2, 25 % less
 mass), `ember simulate --states "A,B,C,D;A,B,C"` at SNR 0.05 (state 1's), defocus 1–3 µm, CTF on
@@ -18,7 +19,14 @@ each state is that of its matched class map (the largest class mapped to it) aga
 `--part relion` cuts the mixture to box 64 at 4 Å with --relion_n particles and runs both Ember
 class3d (K = 2; `--part relion_only` leaves it out) and `mpirun -n 3 relion_refine_mpi --K 2 …
 --norm --scale --j 1 --random_seed --relion_seed` (plus --relion_extra) on it for --relion_iter
-iterations; Ember's class3d has no --norm/--scale.
+iterations; Ember runs class3d's defaults (no --norm/--scale).
+
+`--local ORDER:SIGMA:ITER,…` continues each Ember run as a RELION user refines classes further: one
+class3d job per step with the previous job's model.star as `--ref` (one map per class, no seeds), its
+data.star as `--i`, `--healpix_order ORDER --sigma_ang SIGMA` (local searches around the angles found)
+and `--ini_high` at the resolution the previous job reached (its rlnCurrentResolution).
+`--true_poses` also reconstructs each state from its own particles at their true poses (3D Wiener
+filter, T = 1): the resolution the data allow when alignment and classification are perfect.
 Figures go to the terminal and to results.json and trajectory.csv in each run's folder.
 """
 
@@ -42,12 +50,14 @@ from benchmarks.common import SHARED, run_ember, table
 from ember.io.mrc import read_map, write_map
 from ember.io.star import read_particles_star, read_star_blocks, write_particles_star
 from ember.jobs.class3d import Class3DConfig, class3d
+from ember.jobs.reconstruct import ReconstructConfig, reconstruct
+from ember.jobs.select import select_particles
 from ember.maths.fourier import resolution_angstrom
 from ember.maths.fsc import fsc, resolution_shell
 
 DIAMETER = 220.0  # 5A1A: bounding box 181 × 136 × 92 Å
 STATES = "A,B,C,D;A,B,C"
-EMBER_NOTE = "Ember class3d has no --norm/--scale (RELION runs with both)"
+EMBER_NOTE = "Ember runs class3d's defaults, without --norm/--scale (RELION runs with both)"
 
 
 def simulate(w: Path, n: int, box: int, angpix: float, snr: float, fractions: tuple[float, ...],
@@ -197,13 +207,69 @@ def ember_class3d(w: Path, star: Path, n_classes: int, iterations: int, fraction
     class3d(cfg)
     wall = time.perf_counter() - t0
     n = sum(1 for _ in true_states(star))
-    figures = {"program": "ember", "K": n_classes, "n": n, "iterations": iterations, "wall_s": wall,
+    figures = {"program": "ember", "folder": str(out), "K": n_classes, "n": n, "iterations": iterations, "wall_s": wall,
                "seconds_per_iteration": iteration_times(out, epoch, iterations),
                "particles_per_s": n * iterations / wall,
                "peak_rss_gib_so_far": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
                **evaluate(out, star.parent, n_classes, iterations, fractions)}
     write_figures(out, figures)
     return figures
+
+
+def parse_local(text: str) -> list[tuple[int, float, int]]:
+    """'3:2:4,4:1:3' → [(healpix_order, sigma_ang_deg, iterations), …]."""
+    steps = []
+    for part in filter(None, text.split(",")):
+        order, sigma, iterations = part.split(":")
+        steps.append((int(order), float(sigma), int(iterations)))
+    return steps
+
+
+def local_steps(first: Path, first_iterations: int, steps: list[tuple[int, float, int]],
+                fractions: tuple[float, ...], ctf: bool, seed: int) -> list[tuple[str, dict]]:
+    """Continue a class3d run with local searches, one class3d job per step (see the module text)."""
+    sim, prev, prev_it, out = first.parent / "sim", first, first_iterations, []
+    for order, sigma, iterations in steps:
+        model = prev / f"run_it{prev_it:03d}_model.star"
+        general = read_star_blocks(model)["model_general"]
+        ini_high = float(np.asarray(general["rlnCurrentResolution"], dtype=float).ravel()[0])
+        folder = prev.parent / f"{prev.name}_local{order}s{sigma:g}"
+        shutil.rmtree(folder, ignore_errors=True)
+        n_classes = len(read_star_blocks(model)["model_classes"])
+        t0 = time.perf_counter()
+        class3d(Class3DConfig(star=prev / f"run_it{prev_it:03d}_data.star", reference=model, output=folder,
+                              n_classes=None, particle_diameter_angstrom=DIAMETER, ini_high_angstrom=ini_high,
+                              iterations=iterations, healpix_order=order, sigma_ang_deg=sigma, ctf=ctf, threads=2,
+                              seed=seed))
+        wall = time.perf_counter() - t0
+        figures = {"wall_s": wall, "iterations": iterations, **evaluate(folder, sim, n_classes, iterations, fractions)}
+        write_figures(folder, figures)
+        out.append((f"then --healpix_order {order} --sigma_ang {sigma:g} --iter {iterations} --ini_high {ini_high:.1f}",
+                    figures))
+        prev, prev_it = folder, iterations
+    return out
+
+
+def local_rows(label: str, f: dict) -> list[tuple[str, str, str]]:
+    sizes = ", ".join(f"{100 * a:.1f} %" for a in f["sizes"])
+    res = ", ".join("—" if r is None else f"{r:.2f}" for r in f["fsc05_vs_truth_angstrom"])
+    return [(f"{label}: wall time (s)", f"{f['wall_s']:.0f}", "—"),
+            (f"{label}: accuracy", f"{f['accuracy']:.3f}", "≥ 0.95"),
+            (f"{label}: class sizes, states 1 / 2", sizes, "within 3 pt"),
+            (f"{label}: matched class map vs own truth, FSC 0.5, states 1 / 2 (Å)", res, "< 12")]
+
+
+def true_pose_resolutions(w: Path, n_states: int) -> list[float]:
+    """FSC 0.5 resolution (Å) vs its truth of each state reconstructed from its own particles at their
+    true poses (3D Wiener filter from the halves, T = 1)."""
+    out = []
+    for k in range(1, n_states + 1):
+        selected = w / "true_poses" / f"state{k}.star"
+        selected.parent.mkdir(exist_ok=True)
+        select_particles(w / "sim" / "particles.star", selected, classes=[k])
+        reconstruct(ReconstructConfig(star=selected, output=selected.with_suffix(".mrc"), wiener=True))
+        out.append(resolution_vs(selected.with_suffix(".mrc"), w / "sim" / f"truth_class{k:03d}.mrc"))
+    return out
 
 
 def relion_class3d(w: Path, star: Path, iterations: int, fractions: tuple[float, ...], healpix_order: int,
@@ -284,6 +350,10 @@ def main() -> None:
     ap.add_argument("--offset_error", type=float, default=0.0,
                     help="Gaussian error (pixels per axis) added to the STAR's true offsets before both programs "
                          "run, as a consensus refinement would leave them (0: the true offsets)")
+    ap.add_argument("--local", default="", metavar="ORDER:SIGMA:ITER,…",
+                    help="continue each Ember run with local searches, one class3d job per step, e.g. 3:2:4,4:1:3")
+    ap.add_argument("--true_poses", action="store_true",
+                    help="also reconstruct each state from its particles at their true poses (Wiener, T = 1)")
     ap.add_argument("--ember_input_prior", type=float, default=0.0, metavar="SIGMA",
                     help="Ember with --input_offset_prior --offset SIGMA --fix_sigma_offset: the translation prior "
                          "on the STAR's offsets, σ in Å (0: class3d's default prior)")
@@ -321,6 +391,14 @@ def main() -> None:
                     grid += f", prior on the input offsets σ {args.ember_input_prior:g} Å fixed"
                 rows += rows_of(f, f"{head}, Ember K={k} (seed {args.seed}{grid}{err})", truth_res)
                 print(table(rows[-9:]), flush=True)
+                for label, g in local_steps(Path(f["folder"]), iterations, parse_local(args.local), fractions,
+                                            not args.no_ctf, args.seed):
+                    rows += local_rows(f"{head}, Ember K={k}, {label}", g)
+                    print(table(rows[-4:]), flush=True)
+            if args.true_poses:
+                res = ", ".join(f"{r:.2f}" for r in true_pose_resolutions(w, len(fractions)))
+                rows.append((f"{head}: each state from its own particles at their true poses (Wiener, T = 1), "
+                             "FSC 0.5 vs truth (Å)", res, "—"))
             if with_relion:
                 if shutil.which("relion_refine_mpi") is None:
                     rows.append((f"{head}, RELION", "not installed", "—"))
