@@ -227,15 +227,16 @@ def parse_local(text: str) -> list[tuple[int, float, int]]:
 
 def local_steps(first: Path, first_iterations: int, steps: list[tuple[int, float, int]],
                 fractions: tuple[float, ...], ctf: bool, seed: int) -> list[tuple[str, dict]]:
-    """Continue a class3d run with local searches, one class3d job per step (see the module text)."""
+    """Continue a class3d run with local searches, one class3d job per step (see the module text);
+    every other setting at class3d's defaults (not --gridding_iter's or --ember_input_prior's)."""
     sim, prev, prev_it, out = first.parent / "sim", first, first_iterations, []
     for order, sigma, iterations in steps:
         model = prev / f"run_it{prev_it:03d}_model.star"
-        general = read_star_blocks(model)["model_general"]
-        ini_high = float(np.asarray(general["rlnCurrentResolution"], dtype=float).ravel()[0])
+        blocks = read_star_blocks(model)
+        ini_high = float(np.asarray(blocks["model_general"]["rlnCurrentResolution"], dtype=float).ravel()[0])
         folder = prev.parent / f"{prev.name}_local{order}s{sigma:g}"
         shutil.rmtree(folder, ignore_errors=True)
-        n_classes = len(read_star_blocks(model)["model_classes"])
+        n_classes = len(blocks["model_classes"])
         t0 = time.perf_counter()
         class3d(Class3DConfig(star=prev / f"run_it{prev_it:03d}_data.star", reference=model, output=folder,
                               n_classes=None, particle_diameter_angstrom=DIAMETER, ini_high_angstrom=ini_high,

@@ -170,9 +170,10 @@ def test_refusal_leaves_an_existing_output_untouched(star, tmp_path):
     assert out.read_text() == "previous\n"
 
 
-def test_image_names_follow_the_output_folder(tmp_path):
+def test_image_names_follow_the_output_folder(tmp_path, monkeypatch):
     """Stacks named relative to the input STAR's folder still load from a selection written in
-    another folder (the names are rewritten), and they are the chosen particles' images."""
+    another folder (the names are rewritten), and they are the chosen particles' images; run from
+    the input's folder (RELION's project folder) the names are kept as they are."""
     import mrcfile
 
     from ember.io.particles import ParticleDataSet
@@ -191,3 +192,7 @@ def test_image_names_follow_the_output_folder(tmp_path):
     assert res.exit_code == 0, res.output
     dataset = ParticleDataSet.from_star(out)
     np.testing.assert_array_equal(dataset.images(np.arange(3)), images[[1, 3, 4]])
+    monkeypatch.chdir(tmp_path / "a")
+    assert run("--i", "run_data.star", "--o", str(out), "--class", "2").exit_code == 0
+    names = starfile.read(out)["particles"]["rlnImageName"].tolist()
+    assert names == ["000002@particles.mrcs", "000004@particles.mrcs", "000005@particles.mrcs"]

@@ -84,9 +84,10 @@ def reference_tau2(projector: Projector) -> torch.Tensor:
 
 def initial_data_vs_prior(tau2: torch.Tensor, sigma2_noise: torch.Tensor, group_counts: np.ndarray,
                           class_prior: np.ndarray, tau2_fudge: float) -> torch.Tensor:
-    """The data_vs_prior (SSNR) of the starting references (K, S), S = sigma2_noise's shells: the
+    """The data_vs_prior (SSNR) of 3D starting references (K, S), S = sigma2_noise's shells: the
     evidence n·π_k/⟨σ²⟩ (σ² (G, S) averaged with the particle counts (G,) of each optics group;
-    divided by 2i in 3D shell i > 0) times the prior T·τ²_k (τ² (K, S') from `reference_tau2`) —
+    divided by 2i in shell i > 0, RELION's ratio of 3D to 2D shell pixels) times the prior T·τ²_k
+    (τ² (K, S') from `reference_tau2`); σ² and τ² per complex component on the 2D-image scale —
     RELION `MlModel::initialiseDataVersusPrior`, which picks the shells of iteration 1's intensity
     scale correction (data_vs_prior > 3)."""
     counts = torch.as_tensor(np.asarray(group_counts, dtype=np.float64))

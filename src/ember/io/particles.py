@@ -80,23 +80,35 @@ def parse_image_name(name: str) -> tuple[int, str]:
     return int(index) - 1, path
 
 
+def find_stack(star_dir: Path, stack: str) -> Path | None:
+    """Where an image stack named in a STAR file in `star_dir` lies: beside the STAR first, then from
+    the current folder (RELION's project-relative names); None if in neither."""
+    for path in (star_dir / stack, Path(stack)):
+        if path.exists():
+            return path
+    return None
+
+
 def rebase_image_names(names: pd.Series, star_dir: str | Path, out_dir: str | Path) -> pd.Series:
     """rlnImageName values read from a STAR in `star_dir`, for a STAR written in `out_dir`: a relative
-    stack path that exists beside the input STAR (Ember's first reading) becomes relative to
-    `out_dir`; absolute paths, paths found only from the current folder (RELION's project-relative
+    stack path found beside the input STAR (Ember's first reading) becomes relative to `out_dir`;
+    absolute paths, names that also resolve from the current folder (RELION's project-relative
     names) and stacks not found are kept as they are."""
     star_dir, out_dir = Path(star_dir).resolve(), Path(out_dir).resolve()
     if star_dir == out_dir:
         return names
+    parts = names.astype(str).str.partition("@")
+    has_slice = parts[1] == "@"
+    stacks = parts[2].where(has_slice, parts[0])
 
-    def rebase(name: str) -> str:
-        slice_, sep, stack = name.partition("@") if "@" in name else ("", "", name)
-        if Path(stack).is_absolute() or not (star_dir / stack).exists():
-            return name
-        return f"{slice_}{sep}{os.path.relpath(star_dir / stack, out_dir)}"
+    def rebase(stack: str) -> str:
+        found = find_stack(star_dir, stack)
+        if found is None or Path(stack).is_absolute() or (Path(stack).exists() and Path(stack).samefile(found)):
+            return stack
+        return os.path.relpath(found.resolve(), out_dir)
 
-    unique = {name: rebase(name) for name in dict.fromkeys(names.astype(str))}
-    return names.astype(str).map(unique)
+    new_stacks = stacks.map({stack: rebase(stack) for stack in dict.fromkeys(stacks)})
+    return (parts[0] + "@" + new_stacks).where(has_slice, new_stacks)
 
 
 @dataclass(frozen=True)
@@ -304,12 +316,11 @@ class ParticleDataSet:
         )
 
     def _resolve(self, stack: str) -> Path:
-        candidates = [self.star_path.parent / stack, Path(stack)]
-        for path in candidates:
-            if path.exists():
-                return path
+        path = find_stack(self.star_path.parent, stack)
+        if path is not None:
+            return path
         raise EmberInputError(
-            candidates[0],
+            self.star_path.parent / stack,
             f"image stack named in {self.star_path} not found",
             "run from the RELION project folder or fix rlnImageName",
         )

@@ -52,7 +52,7 @@ from ember.inference.schedule import (
 from ember.io.mrc import read_map
 from ember.io.particles import ParticleDataSet, check_map_matches
 from ember.io.star import read_reference_list
-from ember.jobs.common import ParticleRun, config_dict, job_report, select_device, write_job_json
+from ember.jobs.common import ParticleRun, config_dict, job_report, scale_groups, select_device, write_job_json
 from ember.jobs.refine_io import (
     add_class_numbers,
     add_iteration_numbers,
@@ -187,7 +187,7 @@ def start(cfg: Class3DConfig) -> Run:
     directions = asymmetric_unit(cfg.healpix_order, symmetry)
     sigma2 = initial_sigma2(dataset, first_per_group(dataset), cfg.particle_diameter_angstrom / (2 * pixel))
     pdf = uniform_direction_pdf(cfg.healpix_order, directions)
-    model = Model.initial(references, sigma2, cfg.sigma_offset_angstrom, pdf, int(dataset.group_numbers().max()))
+    model = Model.initial(references, sigma2, cfg.sigma_offset_angstrom, pdf, scale_groups(dataset, cfg.scale))
     tau2 = torch.stack([reference_tau2(Projector.from_volume(r)) for r in references])
     model.ssnr = initial_data_vs_prior(tau2, sigma2, np.bincount(dataset.optics_group_index(),
                                        minlength=dataset.n_optics_groups), model.class_prior, cfg.tau2_fudge)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -17,6 +18,8 @@ from ember.errors import EmberInputError
 from ember.io.atomic import atomic_path
 from ember.io.particles import ParticleDataSet
 from ember.report.html import Report
+
+logger = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 """progress(done, total): called after each batch; the CLI draws a bar from it."""
@@ -120,3 +123,13 @@ def batches(n: int, size: int):
     """Yield index arrays [start, stop) covering range(n) in order."""
     for start in range(0, n, size):
         yield start, min(n, start + size)
+
+
+def scale_groups(dataset: ParticleDataSet, scale: bool) -> int:
+    """The number of intensity-scale groups (the largest rlnGroupNumber); warns when --scale has
+    only one group to correct (RELION's scales average 1, so a single one stays 1)."""
+    n = int(dataset.group_numbers().max())
+    if scale and n < 2:
+        logger.warning("%s: --scale has one rlnGroupNumber group only, so its scale stays 1 "
+                       "(give rlnGroupNumber per micrograph or group of micrographs)", dataset.star_path)
+    return n

@@ -51,7 +51,15 @@ from ember.inference.schedule import (
 )
 from ember.io.mrc import read_map
 from ember.io.particles import ParticleDataSet, check_map_matches
-from ember.jobs.common import ParticleRun, config_dict, in_reference_px, job_report, select_device, write_job_json
+from ember.jobs.common import (
+    ParticleRun,
+    config_dict,
+    in_reference_px,
+    job_report,
+    scale_groups,
+    select_device,
+    write_job_json,
+)
 from ember.jobs.refine_io import (
     add_iteration_numbers,
     add_model_figures,
@@ -198,7 +206,7 @@ def start(cfg: Refine3DConfig) -> Run:
     directions = asymmetric_unit(cfg.healpix_order, symmetry)
     sigma2 = initial_sigma2(dataset, first_per_group(dataset), cfg.particle_diameter_angstrom / (2 * pixel))
     pdf = uniform_direction_pdf(cfg.healpix_order, directions)
-    n_scale = int(dataset.group_numbers().max())
+    n_scale = scale_groups(dataset, cfg.scale)
     models = [Model.initial([reference], sigma2, cfg.sigma_offset_angstrom, pdf, n_scale) for _ in range(2)]
     ssnr = initial_data_vs_prior(reference_tau2(Projector.from_volume(reference))[None], sigma2,
                                  np.bincount(dataset.optics_group_index(), minlength=dataset.n_optics_groups),

@@ -1,6 +1,7 @@
 """`ember select`: keep the particles of chosen classes and/or above a Pmax or log-likelihood threshold.
 
-The optics table and every particle column are kept; the output is a RELION 3.1 particle STAR file.
+The optics table and every particle column are kept (image names beside the input STAR are rewritten
+for the output's folder); the output is a RELION 3.1 particle STAR file.
 """
 
 from __future__ import annotations
