@@ -526,8 +526,7 @@ def class3d(
         sigma_offset_angstrom=sigma_offset, fix_sigma_offset=fix_sigma_offset,
         input_offset_prior=input_offset_prior, sigma_ang_deg=sigma_ang, skip_align=skip_align, allow_coarser_sampling=allow_coarser_sampling, maxsig=maxsig,
         norm=norm, scale=scale, gridding_iterations=gridding_iter if dont_skip_gridding else 0, ctf=not no_ctf,
-        batch_size=batch_size,
-        device=device, threads=threads, seed=seed, continue_from=continue_from,
+        batch_size=batch_size, device=device, threads=threads, seed=seed, continue_from=continue_from,
     )
     with progress_bar("class3d", quiet) as bar:
         model_star = run(cfg, bar)

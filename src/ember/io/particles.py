@@ -193,6 +193,10 @@ class ParticleDataSet:
         """(n,) int64: each particle's 0-based index into `optics_groups`."""
         return self._group_index.copy()
 
+    def optics_group_counts(self) -> np.ndarray:
+        """(G,) int64: the number of particles in each optics group."""
+        return np.bincount(self._group_index, minlength=self.n_optics_groups)
+
     def ctf_premultiplied(self) -> np.ndarray:
         """(n,) bool: whether each particle's image is already multiplied by its CTF."""
         flags = np.array([o.ctf_premultiplied for o in self.optics_groups], dtype=bool)

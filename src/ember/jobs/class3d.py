@@ -189,8 +189,7 @@ def start(cfg: Class3DConfig) -> Run:
     pdf = uniform_direction_pdf(cfg.healpix_order, directions)
     model = Model.initial(references, sigma2, cfg.sigma_offset_angstrom, pdf, scale_groups(dataset, cfg.scale))
     tau2 = torch.stack([reference_tau2(Projector.from_volume(r)) for r in references])
-    model.ssnr = initial_data_vs_prior(tau2, sigma2, np.bincount(dataset.optics_group_index(),
-                                       minlength=dataset.n_optics_groups), model.class_prior, cfg.tau2_fudge)
+    model.ssnr = initial_data_vs_prior(tau2, sigma2, dataset.optics_group_counts(), model.class_prior, cfg.tau2_fudge)
     results = ParticleResults.empty(len(dataset), len(references))
     if all(c in dataset.table.particles for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")):
         results.angles[:] = dataset.angles_deg()

@@ -209,8 +209,7 @@ def start(cfg: Refine3DConfig) -> Run:
     n_scale = scale_groups(dataset, cfg.scale)
     models = [Model.initial([reference], sigma2, cfg.sigma_offset_angstrom, pdf, n_scale) for _ in range(2)]
     ssnr = initial_data_vs_prior(reference_tau2(Projector.from_volume(reference))[None], sigma2,
-                                 np.bincount(dataset.optics_group_index(), minlength=dataset.n_optics_groups),
-                                 models[0].class_prior, cfg.tau2_fudge)
+                                 dataset.optics_group_counts(), models[0].class_prior, cfg.tau2_fudge)
     for model in models:
         model.ssnr = ssnr.clone()
     results = ParticleResults.empty(n)
